@@ -1,0 +1,1 @@
+//! Mooncake-format request traces.
