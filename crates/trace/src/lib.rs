@@ -1,1 +1,25 @@
-//! Mooncake-format request traces.
+//! Mooncake-format request traces: read (`.jsonl` / `.jsonl.gz`), validate, write, analyze and
+//! synthesize.
+//!
+//! A trace is one JSON object per line: `timestamp` (ms, relative), `input_length`,
+//! `output_length`, `hash_ids` (one id per `block_size`-token block, 512 in Mooncake traces;
+//! equal ids mean identical prefix blocks). See `DESIGN.md` section 3.
+
+mod analyze;
+mod error;
+mod hist;
+mod io;
+mod record;
+mod stats;
+mod synth;
+
+pub use analyze::{Analysis, BlockStats, analyze};
+pub use error::{Issue, IssueKind, TraceError};
+pub use hist::{Bin, Histogram};
+pub use io::{LoadOptions, Loaded, load, parse_reader, write_jsonl};
+pub use record::{Trace, TraceRequest};
+pub use stats::Summary;
+pub use synth::{SynthConfig, SynthReport, synthesize};
+
+/// Tokens per `hash_id` block in Mooncake traces.
+pub const DEFAULT_BLOCK_SIZE: u32 = 512;
