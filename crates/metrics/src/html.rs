@@ -1,0 +1,443 @@
+//! Self-contained HTML report (inline CSS + SVG; no scripts, no network, no web fonts) for one
+//! run (`bench`) or N runs compared (`lab ab`, `switchyard report DIR DIR`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::RequestRecord;
+use crate::stats::{Stats, percentile_sorted};
+use crate::summary::Summary;
+use crate::svg::{Line, LineChart, color, escape};
+use crate::text::{Better, comparison_rows, run_letter, run_name, verdict};
+
+/// A named gauge over time, e.g. the queue depth of one worker. Series with the same `chart`
+/// are drawn together in one chart per run (e.g. chart `"Queue depth (requests)"`, one line per
+/// worker). Times use the records' clock; the report shifts them to the run's start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimeSeries {
+    /// Chart title, shared by the series drawn together; also the y-axis label.
+    pub chart: String,
+    /// Legend entry (e.g. `decode-1`).
+    pub name: String,
+    /// `(time in seconds, value)`, ascending in time. Drawn as a step function (the value
+    /// holds until the next sample).
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One run to report: its summary, its records (for distributions and timelines) and any
+/// gauges the producer sampled.
+#[derive(Debug, Clone, Copy)]
+pub struct ReportRun<'a> {
+    pub summary: &'a Summary,
+    pub records: &'a [RequestRecord],
+    pub series: &'a [TimeSeries],
+}
+
+const STYLE: &str = r#"
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#222;background:#f6f7f9;margin:0}
+main{max-width:1180px;margin:0 auto;padding:24px}
+h1{font-size:22px;margin:0 0 4px}
+h2{font-size:17px;margin:28px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{font-size:14px;margin:16px 0 8px}
+p{margin:6px 0}
+.muted{color:#666;font-size:13px}
+.verdict{background:#fff;border-left:4px solid #1f77b4;padding:10px 14px;margin:12px 0;font-size:14px}
+table{border-collapse:collapse;background:#fff;font-size:13px;margin:8px 0}
+th,td{padding:4px 10px;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
+th:first-child,td:first-child{text-align:left}
+thead th{background:#eef1f5;font-weight:600}
+td.better{color:#17803d;font-weight:600}
+td.worse{color:#c0392b;font-weight:600}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:14px}
+.chart{background:#fff;border:1px solid #e3e3e3;border-radius:4px;padding:6px}
+.chart svg{width:100%;height:auto;display:block}
+details{margin:8px 0}
+summary{cursor:pointer;font-weight:600;font-size:14px}
+dl{font-size:13px}
+dt{font-weight:600;margin-top:6px}
+dd{margin-left:16px}
+"#;
+
+/// Render the report. With one run: its statistics and charts. With several: the comparison
+/// table (ratios against the first run, colour-coded), the verdict when there are exactly two,
+/// overlaid distributions and timelines, and each run's gauges.
+///
+/// Charts, in order: CDFs of TTFT, TPOT and E2E (all runs); TTFT p50/p99 over time; share of
+/// requests meeting the SLA over time (when any run has SLOs); then per run, one chart per
+/// distinct [`TimeSeries::chart`].
+pub fn render_html(title: &str, runs: &[ReportRun]) -> String {
+    let mut h = String::with_capacity(256 * 1024);
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/>\n<title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<main>\n<h1>{}</h1>\n",
+        escape(title),
+        escape(title)
+    );
+    let summaries: Vec<&Summary> = runs.iter().map(|r| r.summary).collect();
+
+    // Run list.
+    h.push_str("<p class=\"muted\">");
+    for (i, r) in runs.iter().enumerate() {
+        let s = r.summary;
+        if i > 0 {
+            h.push_str("<br/>");
+        }
+        let _ = write!(
+            h,
+            "<b>{}</b>: {} requests ({} completed, {} failed) over {}",
+            escape(&run_name(i, s)),
+            s.requests,
+            s.completed,
+            s.failed,
+            s.duration.map_or("n/a".into(), |d| format!("{d:.1} s"))
+        );
+        if let Some(g) = &s.goodput {
+            let _ = write!(h, "; SLA {}", escape(&g.slo.describe()));
+        }
+    }
+    if runs.is_empty() {
+        h.push_str("No runs.");
+    }
+    h.push_str("</p>\n");
+
+    // Comparison / key-figures table.
+    h.push_str("<h2>Summary</h2>\n");
+    comparison_table(&mut h, &summaries);
+    if let [a, b] = summaries.as_slice() {
+        let _ = writeln!(
+            h,
+            "<p class=\"verdict\"><b>Verdict:</b> {}</p>",
+            escape(&verdict(a, b))
+        );
+    }
+    for (i, s) in summaries.iter().enumerate() {
+        let _ = write!(
+            h,
+            "<details{}><summary>Latency statistics: {}</summary>\n",
+            if summaries.len() == 1 {
+                " open=\"open\""
+            } else {
+                ""
+            },
+            escape(&run_name(i, s))
+        );
+        stats_table(&mut h, s);
+        if !s.errors.is_empty() {
+            h.push_str("<table><thead><tr><th>error kind</th><th>count</th></tr></thead><tbody>");
+            for (k, n) in &s.errors {
+                let _ = write!(h, "<tr><td>{}</td><td>{n}</td></tr>", escape(k));
+            }
+            h.push_str("</tbody></table>");
+        }
+        h.push_str("</details>\n");
+    }
+
+    // Distributions.
+    h.push_str("<h2>Latency distributions</h2>\n<div class=\"charts\">\n");
+    let ms = |v: f64| v * 1000.0;
+    let cdf = |name: &str, f: &dyn Fn(&RequestRecord) -> Option<f64>| -> LineChart {
+        let lines: Vec<Line> = runs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut v: Vec<f64> = r
+                    .records
+                    .iter()
+                    .filter(|x| x.is_ok())
+                    .filter_map(f)
+                    .map(ms)
+                    .collect();
+                v.sort_unstable_by(f64::total_cmp);
+                Line::new(run_name(i, r.summary), color(i), cdf_points(&v))
+            })
+            .collect();
+        LineChart {
+            title: format!("{name} CDF"),
+            x_label: format!("{name} (ms)"),
+            y_label: "fraction of requests".into(),
+            log_x: wide_range(&lines),
+            y_range: Some((0.0, 1.0)),
+            lines,
+            ..Default::default()
+        }
+    };
+    for chart in [
+        cdf("TTFT", &|r| r.ttft()),
+        cdf("TPOT", &|r| r.tpot()),
+        cdf("E2E latency", &|r| Some(r.e2e())),
+    ] {
+        push_chart(&mut h, &chart);
+    }
+    h.push_str("</div>\n");
+
+    // Timelines.
+    h.push_str("<h2>Over time</h2>\n<div class=\"charts\">\n");
+    let origins: Vec<f64> = runs.iter().map(origin).collect();
+    let span = runs
+        .iter()
+        .zip(&origins)
+        .flat_map(|(r, o)| r.records.iter().map(move |x| x.scheduled - o))
+        .fold(0.0f64, f64::max);
+    let max_n = runs.iter().map(|r| r.records.len()).max().unwrap_or(0);
+    // About 20+ requests per bin, at most 60 bins.
+    let nbins = (max_n / 20).clamp(1, 60);
+    let bin_w = if span > 0.0 { span / nbins as f64 } else { 1.0 };
+    let bin_of = |t: f64| ((t / bin_w) as usize).min(nbins - 1);
+    let center = |b: usize| (b as f64 + 0.5) * bin_w;
+
+    let mut ttft_lines = Vec::new();
+    for (i, (r, o)) in runs.iter().zip(&origins).enumerate() {
+        let mut bins: Vec<Vec<f64>> = vec![Vec::new(); nbins];
+        for x in r.records.iter().filter(|x| x.is_ok()) {
+            if let Some(t) = x.ttft() {
+                bins[bin_of(x.scheduled - o)].push(ms(t));
+            }
+        }
+        let mut p50 = Vec::new();
+        let mut p99 = Vec::new();
+        for (b, v) in bins.iter_mut().enumerate() {
+            v.sort_unstable_by(f64::total_cmp);
+            if let (Some(a), Some(c)) = (percentile_sorted(v, 50.0), percentile_sorted(v, 99.0)) {
+                p50.push((center(b), a));
+                p99.push((center(b), c));
+            }
+        }
+        let letter = run_letter(i);
+        ttft_lines.push(Line::new(format!("{letter} p50"), color(i), p50));
+        ttft_lines.push(Line {
+            dashed: true,
+            ..Line::new(format!("{letter} p99"), color(i), p99)
+        });
+    }
+    let ttft_time = LineChart {
+        title: "TTFT over time (by arrival)".into(),
+        x_label: "time since start (s)".into(),
+        y_label: "TTFT (ms)".into(),
+        log_y: wide_range_y(&ttft_lines),
+        lines: ttft_lines,
+        ..Default::default()
+    };
+    push_chart(&mut h, &ttft_time);
+
+    if runs.iter().any(|r| r.summary.goodput.is_some()) {
+        let mut lines = Vec::new();
+        for (i, (r, o)) in runs.iter().zip(&origins).enumerate() {
+            let Some(g) = &r.summary.goodput else {
+                continue;
+            };
+            let mut all = vec![0u32; nbins];
+            let mut good = vec![0u32; nbins];
+            for x in r.records {
+                let b = bin_of(x.scheduled - o);
+                all[b] += 1;
+                if g.slo.is_met(x) {
+                    good[b] += 1;
+                }
+            }
+            let pts = (0..nbins)
+                .filter(|&b| all[b] > 0)
+                .map(|b| (center(b), 100.0 * f64::from(good[b]) / f64::from(all[b])))
+                .collect();
+            lines.push(Line::new(run_name(i, r.summary), color(i), pts));
+        }
+        let slo_text = runs
+            .iter()
+            .find_map(|r| r.summary.goodput.as_ref())
+            .map(|g| g.slo.describe())
+            .unwrap_or_default();
+        push_chart(
+            &mut h,
+            &LineChart {
+                title: format!("Requests meeting the SLA ({slo_text})"),
+                x_label: "time since start (s)".into(),
+                y_label: "% of requests (by arrival)".into(),
+                y_range: Some((0.0, 100.0)),
+                lines,
+                ..Default::default()
+            },
+        );
+    }
+    h.push_str("</div>\n");
+
+    // Gauges sampled by the producer, one chart per (run, chart title).
+    if runs.iter().any(|r| !r.series.is_empty()) {
+        h.push_str("<h2>Fleet state over time</h2>\n<div class=\"charts\">\n");
+        for (i, (r, o)) in runs.iter().zip(&origins).enumerate() {
+            let mut groups: BTreeMap<&str, Vec<&TimeSeries>> = BTreeMap::new();
+            for s in r.series {
+                groups.entry(s.chart.as_str()).or_default().push(s);
+            }
+            for (chart, series) in groups {
+                let lines = series
+                    .iter()
+                    .enumerate()
+                    .map(|(j, s)| Line {
+                        step: true,
+                        dashed: j >= 10 && (j / 10) % 2 == 1,
+                        ..Line::new(
+                            s.name.clone(),
+                            color(j),
+                            s.points.iter().map(|&(t, v)| (t - o, v)).collect(),
+                        )
+                    })
+                    .collect();
+                push_chart(
+                    &mut h,
+                    &LineChart {
+                        title: format!("{}: {chart}", run_name(i, r.summary)),
+                        x_label: "time since start (s)".into(),
+                        y_label: chart.to_string(),
+                        y_from_zero: true,
+                        lines,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        h.push_str("</div>\n");
+    }
+
+    h.push_str(DEFINITIONS);
+    h.push_str("</main>\n</body>\n</html>\n");
+    h
+}
+
+const DEFINITIONS: &str = r#"<h2>Definitions</h2>
+<dl>
+<dt>TTFT</dt><dd>First token time minus send time (arrival time in simulation).</dd>
+<dt>TPOT</dt><dd>Per request, first token excluded: (E2E - TTFT) / (output tokens - 1), for at least 2 output tokens. AIPerf calls it inter_token_latency; it is the "itl" of SLA strings.</dd>
+<dt>ITL (per gap)</dt><dd>Every gap between consecutive streamed chunks, pooled over requests (vLLM's ITL).</dd>
+<dt>E2E</dt><dd>Last token time minus send time.</dd>
+<dt>Goodput</dt><dd>Successful requests meeting every SLO (value &lt;= threshold), per second of the run; the percentage counts failed requests as missing the SLA.</dd>
+<dt>Throughput span</dt><dd>First send to last finish over all requests.</dd>
+<dt>Statistics</dt><dd>Mean, population standard deviation, percentiles with linear interpolation (numpy's default).</dd>
+</dl>
+"#;
+
+fn push_chart(h: &mut String, c: &LineChart) {
+    h.push_str("<div class=\"chart\">");
+    h.push_str(&c.to_svg());
+    h.push_str("</div>\n");
+}
+
+/// Time zero of a run: its earliest scheduled send (or first sample when it has no records).
+fn origin(r: &ReportRun) -> f64 {
+    r.records
+        .iter()
+        .map(|x| x.scheduled.min(x.sent))
+        .reduce(f64::min)
+        .or_else(|| {
+            r.series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.0))
+                .reduce(f64::min)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Empirical CDF of sorted values, reduced to at most ~600 points with extra density in the
+/// upper tail (where the p99 lives).
+fn cdf_points(sorted: &[f64]) -> Vec<(f64, f64)> {
+    let n = sorted.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut idx: Vec<usize> = Vec::with_capacity(600);
+    for i in 0..=400 {
+        idx.push(((n - 1) as f64 * i as f64 / 400.0).round() as usize);
+    }
+    for i in 0..=200 {
+        idx.push(((n - 1) as f64 * (0.95 + 0.05 * i as f64 / 200.0)).round() as usize);
+    }
+    idx.sort_unstable();
+    idx.dedup();
+    idx.into_iter()
+        .map(|k| (sorted[k], (k + 1) as f64 / n as f64))
+        .collect()
+}
+
+/// Use a log axis when positive values span more than ~1.5 decades.
+fn wide_range(lines: &[Line]) -> bool {
+    spread(lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)))
+}
+
+fn wide_range_y(lines: &[Line]) -> bool {
+    spread(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)))
+}
+
+fn spread(v: impl Iterator<Item = f64>) -> bool {
+    let (mut lo, mut hi) = (f64::INFINITY, 0.0f64);
+    for x in v.filter(|x| *x > 0.0 && x.is_finite()) {
+        lo = lo.min(x);
+        hi = hi.max(x);
+    }
+    lo.is_finite() && hi / lo > 30.0
+}
+
+fn comparison_table(h: &mut String, runs: &[&Summary]) {
+    let rows = comparison_rows(runs);
+    h.push_str("<table><thead><tr><th>metric</th>");
+    for (i, s) in runs.iter().enumerate() {
+        let _ = write!(h, "<th>{}</th>", escape(&run_name(i, s)));
+    }
+    for i in 1..runs.len() {
+        let _ = write!(h, "<th>{}/A</th>", run_letter(i));
+    }
+    h.push_str("</tr></thead><tbody>\n");
+    for r in &rows {
+        let _ = write!(h, "<tr><td>{}</td>", escape(&r.name));
+        for i in 0..runs.len() {
+            let _ = write!(h, "<td>{}</td>", escape(&r.formatted(i)));
+        }
+        for i in 1..runs.len() {
+            match r.ratio(i) {
+                Some(x) => {
+                    let class = match r.better {
+                        Better::Lower if x < 0.95 => " class=\"better\"",
+                        Better::Lower if x > 1.05 => " class=\"worse\"",
+                        Better::Higher if x > 1.05 => " class=\"better\"",
+                        Better::Higher if x < 0.95 => " class=\"worse\"",
+                        _ => "",
+                    };
+                    let _ = write!(h, "<td{class}>{x:.2}x</td>");
+                }
+                None => h.push_str("<td>-</td>"),
+            }
+        }
+        h.push_str("</tr>\n");
+    }
+    h.push_str("</tbody></table>\n");
+}
+
+fn stats_table(h: &mut String, s: &Summary) {
+    h.push_str("<table><thead><tr><th>latency (ms)</th><th>count</th><th>mean</th><th>std</th><th>min</th><th>p50</th><th>p90</th><th>p95</th><th>p99</th><th>max</th></tr></thead><tbody>\n");
+    let rows: [(&str, Option<Stats>); 9] = [
+        ("TTFT", s.ttft),
+        ("TPOT", s.tpot),
+        ("ITL (per chunk gap)", s.itl),
+        ("E2E", s.e2e),
+        ("TTFT from scheduled send", s.ttft_from_scheduled),
+        ("E2E from scheduled send", s.e2e_from_scheduled),
+        ("Dispatch lag", s.dispatch_lag),
+        ("Engine queueing", s.queueing),
+        ("KV transfer", s.kv_transfer),
+    ];
+    for (name, st) in rows {
+        let _ = write!(h, "<tr><td>{name}</td>");
+        match st {
+            Some(st) => {
+                let m = st.scaled(1000.0);
+                let _ = write!(
+                    h,
+                    "<td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td>",
+                    st.count, m.mean, m.std, m.min, m.p50, m.p90, m.p95, m.p99, m.max
+                );
+            }
+            None => h.push_str("<td>0</td><td colspan=\"8\">n/a</td>"),
+        }
+        h.push_str("</tr>\n");
+    }
+    h.push_str("</tbody></table>\n");
+}
