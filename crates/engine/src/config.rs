@@ -1,0 +1,172 @@
+//! Engine configuration: what a deployment file says about one engine worker.
+
+use serde::Deserialize;
+
+/// All defaults in one place.
+pub mod defaults {
+    /// GPU type (catalog name).
+    pub const GPU: &str = "H200";
+    /// Model (catalog name).
+    pub const MODEL: &str = "Qwen3-32B";
+    /// Engine profile (catalog name).
+    pub const ENGINE: &str = "vllm";
+    /// Token budget per step (vLLM `max_num_batched_tokens`).
+    pub const MAX_NUM_BATCHED_TOKENS: u32 = 8192;
+    /// Maximum running sequences per scheduler (vLLM `max_num_seqs`).
+    pub const MAX_NUM_SEQS: u32 = 256;
+    /// Tokens per KV block (vLLM `block_size`).
+    pub const BLOCK_SIZE: u32 = 16;
+    /// Fraction of device memory the engine may use (vLLM `gpu_memory_utilization`).
+    pub const MEMORY_FRACTION: f64 = 0.9;
+    /// Tensor / data (attention) / expert parallel degrees.
+    pub const TP: u32 = 1;
+    pub const DP: u32 = 1;
+    pub const EP: u32 = 1;
+    /// Prefix caching on, KV events on.
+    pub const PREFIX_CACHING: bool = true;
+    pub const KV_EVENTS: bool = true;
+}
+
+/// Weight precision of the linear layers.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDtype {
+    #[default]
+    Bf16,
+    Fp8,
+    /// 4-bit NVFP4 (E2M1 + an FP8 scale per 16 values) for the MLP / expert weights; attention
+    /// projections stay FP8 as in NVIDIA's published NVFP4 checkpoints.
+    Nvfp4,
+}
+
+impl WeightDtype {
+    /// Bytes per parameter for MLP/expert weights.
+    pub fn ffn_bytes(self) -> f64 {
+        match self {
+            WeightDtype::Bf16 => 2.0,
+            WeightDtype::Fp8 => 1.0,
+            WeightDtype::Nvfp4 => 0.5625,
+        }
+    }
+    /// Bytes per parameter for attention projections.
+    pub fn attn_bytes(self) -> f64 {
+        match self {
+            WeightDtype::Bf16 => 2.0,
+            WeightDtype::Fp8 | WeightDtype::Nvfp4 => 1.0,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::Bf16 => "BF16",
+            WeightDtype::Fp8 => "FP8",
+            WeightDtype::Nvfp4 => "NVFP4",
+        }
+    }
+}
+
+/// KV-cache precision.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KvDtype {
+    #[default]
+    Bf16,
+    Fp8,
+}
+
+impl KvDtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::Bf16 => "BF16",
+            KvDtype::Fp8 => "FP8",
+        }
+    }
+}
+
+/// What the worker does in a deployment.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Prefill and decode on the same engine.
+    #[default]
+    Aggregated,
+    /// Prefill only: a request finishes after its first token and keeps its KV blocks until
+    /// [`crate::Engine::release`] (the transfer to a decode worker finished).
+    Prefill,
+    /// Decode only: a request reserves KV blocks, waits for [`crate::Engine::kv_arrived`],
+    /// then decodes from its second token on.
+    Decode,
+}
+
+/// One engine worker's configuration. Embeddable in a deployment TOML; unknown keys are errors.
+///
+/// ```toml
+/// gpu = "H200"
+/// model = "Qwen3-32B"
+/// weight_dtype = "bf16"    # bf16 | fp8 | nvfp4
+/// kv_dtype = "bf16"        # bf16 | fp8
+/// tp = 2                   # tensor parallel
+/// dp = 1                   # data-parallel attention ranks (MoE models only)
+/// ep = 1                   # expert parallel (divides tp*dp and the expert count)
+/// engine = "vllm"          # vllm | sglang | trtllm (or a user profile)
+/// max_num_batched_tokens = 8192
+/// max_num_seqs = 256
+/// block_size = 16
+/// memory_fraction = 0.9
+/// role = "aggregated"      # aggregated | prefill | decode
+/// # max_model_len = 32768  # default: the model's max context
+/// prefix_caching = true
+/// kv_events = true
+/// ```
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    pub gpu: String,
+    pub model: String,
+    pub weight_dtype: WeightDtype,
+    pub kv_dtype: KvDtype,
+    pub tp: u32,
+    pub dp: u32,
+    pub ep: u32,
+    pub engine: String,
+    pub max_num_batched_tokens: u32,
+    pub max_num_seqs: u32,
+    pub block_size: u32,
+    pub memory_fraction: f64,
+    pub role: Role,
+    /// Context cap (prompt + output); `None` = the model's `max_context`.
+    pub max_model_len: Option<u32>,
+    /// Reuse cached prompt blocks across requests.
+    pub prefix_caching: bool,
+    /// Produce `KvEvent`s (turn off when nobody consumes them; saves work).
+    pub kv_events: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            gpu: defaults::GPU.into(),
+            model: defaults::MODEL.into(),
+            weight_dtype: WeightDtype::Bf16,
+            kv_dtype: KvDtype::Bf16,
+            tp: defaults::TP,
+            dp: defaults::DP,
+            ep: defaults::EP,
+            engine: defaults::ENGINE.into(),
+            max_num_batched_tokens: defaults::MAX_NUM_BATCHED_TOKENS,
+            max_num_seqs: defaults::MAX_NUM_SEQS,
+            block_size: defaults::BLOCK_SIZE,
+            memory_fraction: defaults::MEMORY_FRACTION,
+            role: Role::Aggregated,
+            max_model_len: None,
+            prefix_caching: defaults::PREFIX_CACHING,
+            kv_events: defaults::KV_EVENTS,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Number of GPUs one worker spans.
+    pub fn gpus(&self) -> u32 {
+        self.tp.saturating_mul(self.dp)
+    }
+}
