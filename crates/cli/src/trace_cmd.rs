@@ -255,6 +255,7 @@ pub fn render_analysis(name: &str, a: &Analysis) -> String {
         "tokens", "avg", "std", "min", "p50", "p90", "p99", "max"
     );
     for (label, x) in [("input", &a.input_length), ("output", &a.output_length)] {
+        let Some(x) = x else { continue };
         let _ = writeln!(
             s,
             "  {:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::hist::Histogram;
 use crate::record::Trace;
-use crate::stats::Summary;
+use switchyard_metrics::Stats;
 
 /// Everything `trace analyze` reports.
 #[derive(Clone, Debug, Serialize)]
@@ -23,8 +23,9 @@ pub struct Analysis {
     pub input_tokens_per_sec: f64,
     /// Σ output_length / span.
     pub output_tokens_per_sec: f64,
-    pub input_length: Summary,
-    pub output_length: Summary,
+    /// `None` only for an empty trace (which `load` refuses).
+    pub input_length: Option<Stats>,
+    pub output_length: Option<Stats>,
     pub blocks: BlockStats,
     /// Input lengths in tokens (half-octave bins).
     pub input_length_histogram: Histogram,
@@ -159,8 +160,8 @@ pub fn analyze(trace: &Trace) -> Analysis {
         output_tokens_per_sec: per_sec(output_sum as f64),
         input_length_histogram: Histogram::log2(&inputs, bs as f64, 2),
         prefix_hit_histogram: Histogram::log2(&prefix_hit_tokens, bs as f64, 2),
-        input_length: Summary::of(&inputs),
-        output_length: Summary::of(&outputs),
+        input_length: Stats::from_slice(&inputs),
+        output_length: Stats::from_slice(&outputs),
         blocks: BlockStats {
             total_block_refs: total_refs as u64,
             unique_blocks: unique,
@@ -224,7 +225,7 @@ mod tests {
         assert!((b.avg_unique_prompt_tokens - 8.0 / 3.0).abs() < 1e-12);
         assert!((b.shared_prefix_ratio - 20.0 / 28.0).abs() < 1e-12);
         assert_eq!(b.prefix_groups, 1);
-        assert_eq!(a.input_length.max, 12.0);
+        assert_eq!(a.input_length.unwrap().max, 12.0);
     }
 
     #[test]

@@ -10,7 +10,6 @@ mod error;
 mod hist;
 mod io;
 mod record;
-mod stats;
 mod synth;
 
 pub use analyze::{Analysis, BlockStats, analyze};
@@ -18,7 +17,7 @@ pub use error::{Issue, IssueKind, TraceError};
 pub use hist::{Bin, Histogram};
 pub use io::{LoadOptions, Loaded, load, parse_reader, write_jsonl};
 pub use record::{Trace, TraceRequest};
-pub use stats::Summary;
+pub use switchyard_metrics::Stats;
 pub use synth::{SynthConfig, SynthReport, synthesize};
 
 /// Tokens per `hash_id` block in Mooncake traces.
