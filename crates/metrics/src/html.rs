@@ -113,9 +113,9 @@ pub fn render_html(title: &str, runs: &[ReportRun]) -> String {
         );
     }
     for (i, s) in summaries.iter().enumerate() {
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<details{}><summary>Latency statistics: {}</summary>\n",
+            "<details{}><summary>Latency statistics: {}</summary>",
             if summaries.len() == 1 {
                 " open=\"open\""
             } else {
@@ -214,6 +214,7 @@ pub fn render_html(title: &str, runs: &[ReportRun]) -> String {
     let ttft_time = LineChart {
         title: "TTFT over time (by arrival)".into(),
         x_label: "time since start (s)".into(),
+        x_from_zero: true,
         y_label: "TTFT (ms)".into(),
         log_y: wide_range_y(&ttft_lines),
         lines: ttft_lines,
@@ -252,6 +253,7 @@ pub fn render_html(title: &str, runs: &[ReportRun]) -> String {
             &LineChart {
                 title: format!("Requests meeting the SLA ({slo_text})"),
                 x_label: "time since start (s)".into(),
+                x_from_zero: true,
                 y_label: "% of requests (by arrival)".into(),
                 y_range: Some((0.0, 100.0)),
                 lines,
@@ -288,6 +290,7 @@ pub fn render_html(title: &str, runs: &[ReportRun]) -> String {
                     &LineChart {
                         title: format!("{}: {chart}", run_name(i, r.summary)),
                         x_label: "time since start (s)".into(),
+                        x_from_zero: true,
                         y_label: chart.to_string(),
                         y_from_zero: true,
                         lines,

@@ -62,6 +62,58 @@ impl Stats {
         Self::from_values(&mut values.to_vec())
     }
 
+    /// Statistics of a sample given as `(value, multiplicity)` runs (run-length encoded inter-
+    /// token gaps), without expanding it. Sorts the runs; identical results to expanding them
+    /// (up to rounding in the mean). Runs with count 0 are ignored.
+    pub fn from_runs(runs: &mut [(f64, u32)]) -> Option<Stats> {
+        let n: u64 = runs.iter().map(|r| u64::from(r.1)).sum();
+        if n == 0 {
+            return None;
+        }
+        runs.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+        let nf = n as f64;
+        let mean = runs.iter().map(|&(v, c)| v * f64::from(c)).sum::<f64>() / nf;
+        let var = runs
+            .iter()
+            .map(|&(v, c)| (v - mean) * (v - mean) * f64::from(c))
+            .sum::<f64>()
+            / nf;
+        // Value at 0-based rank k: the first run whose cumulative count exceeds k.
+        let mut cum = Vec::with_capacity(runs.len());
+        let mut acc = 0u64;
+        for r in runs.iter() {
+            acc += u64::from(r.1);
+            cum.push(acc);
+        }
+        let at = |k: u64| runs[cum.partition_point(|&c| c <= k)].0;
+        let mut out = [0.0; PERCENTILES.len()];
+        for (o, p) in out.iter_mut().zip(PERCENTILES) {
+            let rank = (p / 100.0) * (n - 1) as f64;
+            let lo = rank.floor() as u64;
+            let frac = rank - lo as f64;
+            let a = at(lo);
+            let b = if frac > 0.0 {
+                at((lo + 1).min(n - 1))
+            } else {
+                a
+            };
+            *o = lerp(a, b, frac);
+        }
+        let first = runs.iter().find(|r| r.1 > 0).map_or(0.0, |r| r.0);
+        let last = runs.iter().rev().find(|r| r.1 > 0).map_or(0.0, |r| r.0);
+        Some(Stats {
+            count: n,
+            mean,
+            std: var.sqrt(),
+            min: first,
+            max: last,
+            p50: out[0],
+            p90: out[1],
+            p95: out[2],
+            p99: out[3],
+        })
+    }
+
     /// Percentile by name (50, 90, 95, 99); `None` for any other.
     pub fn percentile(&self, p: f64) -> Option<f64> {
         match p {
@@ -201,6 +253,25 @@ mod tests {
         }
         assert_eq!(s.min, sorted[0]);
         assert_eq!(s.max, sorted[sorted.len() - 1]);
+    }
+
+    #[test]
+    fn runs_agree_with_expanded_values() {
+        let mut runs = vec![(0.25, 4u32), (0.1, 1), (0.3, 1), (0.2, 0), (0.05, 3)];
+        let expanded: Vec<f64> = runs
+            .iter()
+            .flat_map(|&(v, c)| std::iter::repeat_n(v, c as usize))
+            .collect();
+        let a = Stats::from_runs(&mut runs).unwrap();
+        let b = Stats::from_slice(&expanded).unwrap();
+        assert_eq!(a.count, 9);
+        assert_eq!(
+            (a.min, a.max, a.p50, a.p90, a.p95, a.p99),
+            (b.min, b.max, b.p50, b.p90, b.p95, b.p99)
+        );
+        assert!(close(a.mean, b.mean) && close(a.std, b.std));
+        assert!(Stats::from_runs(&mut []).is_none());
+        assert!(Stats::from_runs(&mut [(1.0, 0)]).is_none());
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct LineChart {
     pub y_label: String,
     pub log_x: bool,
     pub log_y: bool,
+    /// Start the x axis at zero (linear axes only), e.g. time since the start of a run.
+    pub x_from_zero: bool,
     /// Start the y axis at zero (linear axes only), e.g. for counts.
     pub y_from_zero: bool,
     /// Fixed axis ranges; otherwise derived from the data and rounded to ticks.
@@ -68,6 +70,7 @@ impl Default for LineChart {
             y_label: String::new(),
             log_x: false,
             log_y: false,
+            x_from_zero: false,
             y_from_zero: false,
             x_range: None,
             y_range: None,
@@ -105,11 +108,14 @@ struct Axis {
 }
 
 impl Axis {
+    /// `tight`: keep the data's bounds on a linear axis instead of rounding out to whole
+    /// ticks (x axes: rounding 620 s up to 800 s wastes a quarter of the plot).
     fn new(
         values: impl Iterator<Item = f64>,
         log: bool,
         fixed: Option<(f64, f64)>,
         zero: bool,
+        tight: bool,
     ) -> Axis {
         let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
         for v in values.filter(|v| v.is_finite() && (!log || *v > 0.0)) {
@@ -182,8 +188,8 @@ impl Axis {
             lo -= pad;
             hi += pad;
         }
-        let step = nice_step((hi - lo) / 5.0);
-        if fixed.is_none() {
+        let step = nice_step((hi - lo) / if tight { 6.0 } else { 5.0 });
+        if fixed.is_none() && !tight {
             lo = (lo / step).floor() * step;
             hi = (hi / step).ceil() * step;
         }
@@ -381,9 +387,9 @@ impl LineChart {
             })
             .collect();
         let xs = lines.iter().flat_map(|(p, _)| p.iter().map(|q| q.0));
-        let xa = Axis::new(xs, self.log_x, self.x_range, false);
+        let xa = Axis::new(xs, self.log_x, self.x_range, self.x_from_zero, true);
         let ys = lines.iter().flat_map(|(p, _)| p.iter().map(|q| q.1));
-        let ya = Axis::new(ys, self.log_y, self.y_range, self.y_from_zero);
+        let ya = Axis::new(ys, self.log_y, self.y_range, self.y_from_zero, false);
         let px = |x: f64| left + xa.frac(x) * plot_w;
         let py = |y: f64| top + (1.0 - ya.frac(y)) * plot_h;
 
@@ -530,22 +536,22 @@ mod tests {
 
     #[test]
     fn linear_ticks_cover_domain() {
-        let a = Axis::new([0.3, 9.7].into_iter(), false, None, false);
+        let a = Axis::new([0.3, 9.7].into_iter(), false, None, false, false);
         assert_eq!((a.lo, a.hi), (0.0, 10.0));
         assert_eq!(a.ticks, vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
-        let b = Axis::new([5.0, 5.0].into_iter(), false, None, false);
+        let b = Axis::new([5.0, 5.0].into_iter(), false, None, false, false);
         assert!(b.lo < 5.0 && b.hi > 5.0);
     }
 
     #[test]
     fn log_ticks_are_decades() {
-        let a = Axis::new([0.02, 35.0].into_iter(), true, None, false);
+        let a = Axis::new([0.02, 35.0].into_iter(), true, None, false, false);
         assert_eq!((a.lo, a.hi), (0.01, 100.0));
         assert_eq!(a.ticks, vec![0.01, 0.1, 1.0, 10.0, 100.0]);
         assert_eq!(a.label(0.01), "0.01");
         assert_eq!(a.label(3000.0), "3k");
         // Non-positive values are ignored on a log axis.
-        let b = Axis::new([-1.0, 0.0, 2.0, 5.0].into_iter(), true, None, false);
+        let b = Axis::new([-1.0, 0.0, 2.0, 5.0].into_iter(), true, None, false, false);
         assert_eq!((b.lo, b.hi), (1.0, 10.0));
     }
 
