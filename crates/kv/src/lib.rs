@@ -2,6 +2,23 @@
 //!
 //! Pure data structures: no I/O, no clock. The live server and the simulator both feed this
 //! crate, so a routing decision in `lab` is the one `serve` would make.
+//!
+//! * [`hash`]: chained block hashes of token ids, and the mapping of Mooncake trace
+//!   `hash_ids` onto engine-size blocks.
+//! * [`index`]: the exact prefix index fed by engine [`KvEvent`]s, answering "how many leading
+//!   blocks of this request does each worker hold".
+//! * [`approx`]: the approximate index (the router's own routing decisions as predicted cache
+//!   contents, with TTL and per-worker LRU capacity) and [`KvIndexer`], which combines both.
+
+pub mod approx;
+mod error;
+pub mod hash;
+pub mod index;
+
+pub use approx::{ApproxConfig, ApproxIndex, IndexMode, KvIndexer};
+pub use error::KvError;
+pub use hash::{BlockHasher, TraceBlockMapper};
+pub use index::{IndexCounters, Overlaps, PrefixIndex, WorkerId, WorkerKey};
 
 /// A chained block hash: it names the block's tokens *and* its whole prefix, so equal hashes
 /// mean equal prefixes. Engines may send values above `i64::MAX`; they are plain `u64` here.
@@ -21,4 +38,15 @@ pub enum KvEvent {
     Removed { blocks: Vec<BlockHash> },
     /// The engine dropped its whole cache.
     AllCleared,
+}
+
+impl KvEvent {
+    /// Number of blocks the event names (0 for [`KvEvent::AllCleared`]); the unit of the
+    /// ingestion-rate metric.
+    pub fn num_blocks(&self) -> usize {
+        match self {
+            KvEvent::Stored { blocks, .. } | KvEvent::Removed { blocks } => blocks.len(),
+            KvEvent::AllCleared => 0,
+        }
+    }
 }
