@@ -116,6 +116,7 @@ pub enum Role {
 /// # max_model_len = 32768  # default: the model's max context
 /// prefix_caching = true
 /// kv_events = true
+/// # num_gpu_blocks_override = 1000
 /// ```
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -139,6 +140,9 @@ pub struct EngineConfig {
     pub prefix_caching: bool,
     /// Produce `KvEvent`s (turn off when nobody consumes them; saves work).
     pub kv_events: bool,
+    /// Use exactly this many KV blocks per scheduler instead of the memory plan's count
+    /// (vLLM `num_gpu_blocks_override`; for tests and for matching a real engine's log).
+    pub num_gpu_blocks_override: Option<u32>,
 }
 
 impl Default for EngineConfig {
@@ -160,6 +164,7 @@ impl Default for EngineConfig {
             max_model_len: None,
             prefix_caching: defaults::PREFIX_CACHING,
             kv_events: defaults::KV_EVENTS,
+            num_gpu_blocks_override: None,
         }
     }
 }

@@ -15,3 +15,11 @@ pub use catalog::{Admission, Batching, Catalog, EngineProfile, GpuSpec, ModelSpe
 pub use config::{EngineConfig, KvDtype, Role, WeightDtype};
 pub use error::EngineError;
 pub use perf::{BatchShape, PerfModel};
+
+pub mod closed_loop;
+mod blocks;
+mod engine;
+pub use engine::{
+    Advance, AdmitInfo, Engine, EngineLoad, EngineStats, Finished, FinishReason, KvReserved, RankedKvEvent,
+    Request, StepOutcome,
+};
