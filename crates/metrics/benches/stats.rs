@@ -7,15 +7,15 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use switchyard_metrics::{ChunkGaps, RequestRecord, Stats, Summary, SummaryOptions};
 
-/// Live-like: every chunk gap distinct (one run per gap), 64 tokens on average.
-fn live_records(n: u64) -> Vec<RequestRecord> {
+/// Live-like: every chunk gap distinct (one run per gap), `mean_out` tokens on average.
+fn live_records(n: u64, mean_out: f64) -> Vec<RequestRecord> {
     let mut rng = sample::Rng::new(7);
     let mut t = 0.0;
     (0..n)
         .map(|id| {
             t += rng.exp(0.01);
             let ttft = rng.lognormal(0.3, 0.8);
-            let out = 2 + rng.exp(62.0) as u32;
+            let out = 2 + rng.exp(mean_out - 2.0) as u32;
             let mut gaps = ChunkGaps::new();
             let mut last = t + ttft;
             for _ in 1..out {
@@ -62,7 +62,16 @@ fn bench(c: &mut Criterion) {
         slo: Some("ttft:2000,itl:25".parse().expect("valid SLO")),
         span: None,
     };
-    let live = live_records(100_000);
+    // The Mooncake conversation trace's shape: 12,031 requests, 343 output tokens on average,
+    // every gap distinct (the worst case for a simulated run).
+    let trace = live_records(12_031, 343.0);
+    let gaps: usize = trace.iter().map(|r| r.gaps.len()).sum();
+    eprintln!("trace-like: 12,031 records, {gaps} distinct gaps");
+    c.bench_function("summary_12k_trace_like_records", |b| {
+        b.iter(|| Summary::from_records(black_box(&trace), &opts).expect("valid"))
+    });
+    drop(trace);
+    let live = live_records(100_000, 64.0);
     let gaps: usize = live.iter().map(|r| r.gaps.len()).sum();
     eprintln!("live: 100k records, {gaps} chunk gaps");
     c.bench_function("summary_100k_live_records", |b| {

@@ -10,7 +10,7 @@ use crate::record::RequestRecord;
 use crate::stats::{Stats, percentile_sorted};
 use crate::summary::Summary;
 use crate::svg::{Line, LineChart, color, escape};
-use crate::text::{Better, comparison_rows, run_letter, run_name, verdict};
+use crate::text::{Better, comparison_rows, render_vllm_report, run_letter, run_name, verdict};
 
 /// A named gauge over time, e.g. the queue depth of one worker. Series with the same `chart`
 /// are drawn together in one chart per run (e.g. chart `"Queue depth (requests)"`, one line per
@@ -54,6 +54,7 @@ td.worse{color:#c0392b;font-weight:600}
 .chart{background:#fff;border:1px solid #e3e3e3;border-radius:4px;padding:6px}
 .chart svg{width:100%;height:auto;display:block}
 details{margin:8px 0}
+pre{background:#fff;border:1px solid #e3e3e3;padding:8px 12px;font-size:12px;overflow-x:auto;display:inline-block;margin:8px 0}
 summary{cursor:pointer;font-weight:600;font-size:14px}
 dl{font-size:13px}
 dt{font-weight:600;margin-top:6px}
@@ -115,7 +116,7 @@ pub fn render_html(title: &str, runs: &[ReportRun]) -> String {
     for (i, s) in summaries.iter().enumerate() {
         let _ = writeln!(
             h,
-            "<details{}><summary>Latency statistics: {}</summary>",
+            "<details{}><summary>Statistics: {}</summary>",
             if summaries.len() == 1 {
                 " open=\"open\""
             } else {
@@ -124,6 +125,7 @@ pub fn render_html(title: &str, runs: &[ReportRun]) -> String {
             escape(&run_name(i, s))
         );
         stats_table(&mut h, s);
+        let _ = writeln!(h, "<pre>{}</pre>", escape(&render_vllm_report(s, &[])));
         if !s.errors.is_empty() {
             h.push_str("<table><thead><tr><th>error kind</th><th>count</th></tr></thead><tbody>");
             for (k, n) in &s.errors {

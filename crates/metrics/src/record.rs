@@ -240,6 +240,8 @@ pub struct GapRun {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChunkGaps {
     runs: Vec<GapRun>,
+    /// Total number of gaps (sum of run counts), kept so `len` is O(1).
+    n: usize,
 }
 
 impl ChunkGaps {
@@ -266,9 +268,13 @@ impl ChunkGaps {
         if count == 0 {
             return;
         }
+        self.n += count as usize;
         match self.runs.last_mut() {
-            Some(last) if last.gap.to_bits() == gap.to_bits() => {
-                last.count = last.count.saturating_add(count)
+            Some(last)
+                if last.gap.to_bits() == gap.to_bits()
+                    && last.count.checked_add(count).is_some() =>
+            {
+                last.count += count
             }
             _ => self.runs.push(GapRun { gap, count }),
         }
@@ -280,11 +286,20 @@ impl ChunkGaps {
 
     /// Number of gaps (chunks minus one).
     pub fn len(&self) -> usize {
-        self.runs.iter().map(|r| r.count as usize).sum()
+        self.n
     }
 
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
+    }
+
+    /// Append every gap, in order, to `out` (fast path for pooling).
+    pub fn extend_into(&self, out: &mut Vec<f64>) {
+        if self.runs.len() == self.n {
+            out.extend(self.runs.iter().map(|r| r.gap));
+        } else {
+            out.extend(self.iter());
+        }
     }
 
     /// Every gap, in order.

@@ -218,7 +218,7 @@ fn pooled_gap_stats(ok: &[&RequestRecord]) -> Option<Stats> {
     } else {
         let mut v: Vec<f64> = Vec::with_capacity(gaps);
         for r in ok {
-            v.extend(r.gaps.iter());
+            r.gaps.extend_into(&mut v);
         }
         Stats::from_values(&mut v)
     }
@@ -243,27 +243,43 @@ fn peak_concurrency(records: &[RequestRecord]) -> u64 {
 }
 
 /// Chunk completion times bucketed into 1-s bins from `start`; the fullest bin's count.
+/// A run of `k` equal gaps is spread over the bins it covers arithmetically (chunk `j` of the
+/// run at `t + j * gap`), so the cost is per bin touched, not per token.
 fn peak_chunks_per_second(ok: &[&RequestRecord], start: f64) -> Option<f64> {
     let mut bins: Vec<u32> = Vec::new();
-    let mut bump = |t: f64, n: u32| {
-        let i = ((t - start).max(0.0)).floor() as usize;
-        if i >= bins.len() {
-            bins.resize(i + 1, 0);
+    let mut add = |bin: usize, n: u32| {
+        if bin >= bins.len() {
+            bins.resize(bin + 1, 0);
         }
-        bins[i] += n;
+        bins[bin] += n;
     };
+    let bin_of = |x: f64| x.max(0.0).floor() as usize;
     for r in ok {
-        let Some(mut t) = r.first_token else { continue };
-        bump(t, 1);
+        let Some(first) = r.first_token else { continue };
+        let mut x = first - start; // time of the latest chunk, relative to start
+        add(bin_of(x), 1);
         for run in r.gaps.runs() {
-            if run.gap == 0.0 {
-                bump(t, run.count);
-                continue;
+            let (g, k) = (run.gap, run.count);
+            let end = x + g * f64::from(k);
+            if g <= 0.0 || bin_of(x + g) == bin_of(end) {
+                add(bin_of(end), k);
+            } else {
+                // done(b): chunks of this run that land before b + 1, i.e. j with
+                // x + j * g < b + 1; monotone in b and exactly k at the last bin.
+                let done = |b: usize| -> u32 {
+                    let j = ((b as f64 + 1.0 - x) / g).ceil() - 1.0;
+                    j.clamp(0.0, f64::from(k)) as u32
+                };
+                let (b0, b1) = (bin_of(x + g), bin_of(end));
+                let mut prev = if b0 > 0 { done(b0 - 1) } else { 0 };
+                for b in b0..b1 {
+                    let d = done(b).max(prev);
+                    add(b, d - prev);
+                    prev = d;
+                }
+                add(b1, k - prev.min(k));
             }
-            for _ in 0..run.count {
-                t += run.gap;
-                bump(t, 1);
-            }
+            x = end;
         }
     }
     bins.into_iter().max().map(f64::from)
@@ -369,6 +385,45 @@ mod tests {
         // Chunk times: r0 0.5 0.75 1.0 1.25 1.5; r1 2.1 2.2 2.5; r2 2.2.
         // Bins [0,1): 2, [1,2): 3, [2,3): 4.
         assert_eq!(s.peak_output_throughput, Some(4.0));
+    }
+
+    #[test]
+    fn peak_throughput_matches_per_token_bucketing() {
+        let mut recs = Vec::new();
+        let mut x = 1u64;
+        for id in 0..200u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let t0 = (x >> 40) as f64 / 1e6; // 0..16 s
+            let mut r = RequestRecord::ok(id, t0, t0 + 0.37, t0, 10, 1);
+            let mut t = t0 + 0.37;
+            for i in 0..20u32 {
+                let g = 0.013 * f64::from(1 + (i + id as u32) % 7);
+                let k = 1 + (i * 7 + id as u32) % 50;
+                r.gaps.push_run(g, k);
+                t += g * f64::from(k);
+            }
+            r.finish = t;
+            r.output_tokens = 1 + r.gaps.len() as u32;
+            recs.push(r);
+        }
+        let refs: Vec<&RequestRecord> = recs.iter().collect();
+        let start = recs.iter().map(|r| r.sent).fold(f64::INFINITY, f64::min);
+        // Naive: every chunk at first + j * gap within each run.
+        let mut bins = vec![0u32; 64];
+        for r in &recs {
+            let mut x = r.first_token.unwrap() - start;
+            bins[x.floor() as usize] += 1;
+            for run in r.gaps.runs() {
+                for j in 1..=run.count {
+                    bins[(x + f64::from(j) * run.gap).floor() as usize] += 1;
+                }
+                x += run.gap * f64::from(run.count);
+            }
+        }
+        let naive = f64::from(*bins.iter().max().unwrap());
+        assert_eq!(peak_chunks_per_second(&refs, start), Some(naive));
     }
 
     #[test]

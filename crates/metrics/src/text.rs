@@ -531,17 +531,17 @@ pub fn verdict(a: &Summary, b: &Summary) -> String {
         }
         (true, true) => {}
         (false, true) => parts.push(format!(
-            "{nb} has lower latency on {} of {judged} key metrics ({})",
+            "{nb} has lower latency on {} of {judged} key metrics (B/A: {})",
             faster.len(),
             top(&mut faster)
         )),
         (true, false) => parts.push(format!(
-            "{nb} has higher latency on {} of {judged} key metrics ({})",
+            "{nb} has higher latency on {} of {judged} key metrics (B/A: {})",
             slower.len(),
             top(&mut slower)
         )),
         (false, false) => parts.push(format!(
-            "mixed latency: {nb} is lower on {} ({}) and higher on {} ({}) of {judged} key metrics",
+            "mixed latency: {nb} is lower on {} (B/A: {}) and higher on {} ({}) of {judged} key metrics",
             faster.len(),
             top(&mut faster),
             slower.len(),
