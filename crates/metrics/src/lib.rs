@@ -25,7 +25,7 @@ pub mod svg;
 mod text;
 
 pub use html::{ReportRun, TimeSeries, render_html};
-pub use record::{ChunkGaps, GapRun, RequestRecord, Status};
+pub use record::{ChunkGaps, GapRun, RequestRecord, Status, parse_records_jsonl, records_to_jsonl};
 pub use slo::{Slo, SloMetric, SloTerm};
 pub use stats::{PERCENTILES, Stats, percentile_sorted};
 pub use summary::{Goodput, Summary, SummaryOptions};
@@ -41,6 +41,8 @@ pub enum MetricsError {
     InvalidRecord { id: u64, reason: String },
     #[error("invalid SLO `{input}`: {reason}")]
     InvalidSlo { input: String, reason: String },
+    #[error("line {line}: not a request record: {message}")]
+    Json { line: usize, message: String },
     #[error("invalid measurement span: start {start}, end {end}")]
     InvalidSpan { start: f64, end: f64 },
 }

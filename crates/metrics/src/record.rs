@@ -218,6 +218,36 @@ impl RequestRecord {
     }
 }
 
+/// Parse `requests.jsonl` text: one [`RequestRecord`] per non-blank line. Errors name the
+/// 1-based line. Records are not validated here; [`crate::Summary::from_records`] does that.
+pub fn parse_records_jsonl(text: &str) -> Result<Vec<RequestRecord>, MetricsError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let r = serde_json::from_str(line).map_err(|e| MetricsError::Json {
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Serialise records as `requests.jsonl` text (one line each, newline-terminated).
+pub fn records_to_jsonl(records: &[RequestRecord]) -> String {
+    let mut out = String::with_capacity(records.len() * 256);
+    for r in records {
+        // Serialising these plain structs cannot fail (no maps with non-string keys).
+        if let Ok(line) = serde_json::to_string(r) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// `count` consecutive chunk gaps of exactly `gap` seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GapRun {
@@ -437,6 +467,22 @@ mod tests {
         assert!(line.contains(r#""status":{"error":{"kind":"http_503","message":"busy"}}"#));
         assert_eq!(serde_json::from_str::<RequestRecord>(&line).unwrap(), f);
         assert!(serde_json::from_str::<RequestRecord>(r#"{"id":1}"#).is_err());
+    }
+
+    #[test]
+    fn jsonl_helpers_roundtrip_and_name_bad_lines() {
+        let mut a = RequestRecord::ok(1, 0.0, 0.1, 0.3, 10, 3);
+        a.gaps.push_run(0.1, 2);
+        let b = RequestRecord::failed(2, 0.5, 0.7, 10, Status::error("timeout", "t"));
+        let text = records_to_jsonl(&[a.clone(), b.clone()]);
+        assert_eq!(text.lines().count(), 2);
+        assert_eq!(
+            parse_records_jsonl(&format!("{text}\n")).unwrap(),
+            vec![a, b]
+        );
+        let bad = format!("{text}{{\"id\": 3}}\n");
+        let e = parse_records_jsonl(&bad).unwrap_err().to_string();
+        assert!(e.starts_with("line 3:"), "{e}");
     }
 
     #[test]
