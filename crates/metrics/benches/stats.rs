@@ -5,7 +5,9 @@ mod sample;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
-use switchyard_metrics::{ChunkGaps, RequestRecord, Stats, Summary, SummaryOptions};
+use switchyard_metrics::{
+    ChunkGaps, ReportRun, RequestRecord, Stats, Summary, SummaryOptions, render_html,
+};
 
 /// Live-like: every chunk gap distinct (one run per gap), `mean_out` tokens on average.
 fn live_records(n: u64, mean_out: f64) -> Vec<RequestRecord> {
@@ -69,6 +71,17 @@ fn bench(c: &mut Criterion) {
     eprintln!("trace-like: 12,031 records, {gaps} distinct gaps");
     c.bench_function("summary_12k_trace_like_records", |b| {
         b.iter(|| Summary::from_records(black_box(&trace), &opts).expect("valid"))
+    });
+    let summary = Summary::from_records(&trace, &opts).expect("valid");
+    c.bench_function("render_html_2x12k_records", |b| {
+        b.iter(|| {
+            let run = ReportRun {
+                summary: &summary,
+                records: &trace,
+                series: &[],
+            };
+            render_html("bench", black_box(&[run, run]))
+        })
     });
     drop(trace);
     let live = live_records(100_000, 64.0);

@@ -7,8 +7,8 @@
 mod sample;
 
 use switchyard_metrics::{
-    ReportRun, Summary, SummaryOptions, render_compact_table, render_comparison, render_html,
-    render_vllm_report,
+    ReportRun, RequestRecord, Status, Summary, SummaryOptions, render_compact_table,
+    render_comparison, render_html, render_vllm_report,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -79,6 +79,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         format!("{dir}/summary.json"),
         serde_json::to_string_pretty(&sb)?,
     )?;
+    // A run where everything failed: every statistic must read "n/a", not 0 or NaN.
+    let failed: Vec<RequestRecord> = (0..50u32)
+        .map(|i| {
+            let t = f64::from(i);
+            RequestRecord::failed(
+                u64::from(i),
+                t,
+                t + 30.0,
+                1000,
+                Status::error("timeout", "no response in 30 s"),
+            )
+        })
+        .collect();
+    let sf = Summary::from_records(
+        &failed,
+        &SummaryOptions {
+            label: "all-failed".into(),
+            slo: Some("ttft:2000".parse()?),
+            span: None,
+        },
+    )?;
+    print!("{}", render_vllm_report(&sf, &[]));
+    let html = render_html(
+        "All requests failed (sample)",
+        &[ReportRun {
+            summary: &sf,
+            records: &failed,
+            series: &[],
+        }],
+    );
+    std::fs::write(format!("{dir}/report-failed.html"), html)?;
     eprintln!("wrote {dir}/report.html, {dir}/report-single.html, {dir}/summary.json");
     Ok(())
 }

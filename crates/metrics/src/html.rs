@@ -50,6 +50,8 @@ th:first-child,td:first-child{text-align:left}
 thead th{background:#eef1f5;font-weight:600}
 td.better{color:#17803d;font-weight:600}
 td.worse{color:#c0392b;font-weight:600}
+td.na{text-align:center;color:#888}
+.warn{background:#fff4e5;border-left:4px solid #e67e22;padding:8px 14px;margin:10px 0;font-size:14px}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:14px}
 .chart{background:#fff;border:1px solid #e3e3e3;border-radius:4px;padding:6px}
 .chart svg{width:100%;height:auto;display:block}
@@ -102,6 +104,17 @@ pub fn render_html(title: &str, runs: &[ReportRun]) -> String {
         h.push_str("No runs.");
     }
     h.push_str("</p>\n");
+
+    for (i, s) in summaries.iter().enumerate() {
+        if s.completed == 0 {
+            let _ = writeln!(
+                h,
+                "<p class=\"warn\">{}: no request completed ({} recorded); its latency statistics are undefined.</p>",
+                escape(&run_name(i, s)),
+                s.requests
+            );
+        }
+    }
 
     // Comparison / key-figures table.
     h.push_str("<h2>Summary</h2>\n");
@@ -440,7 +453,7 @@ fn stats_table(h: &mut String, s: &Summary) {
                     st.count, m.mean, m.std, m.min, m.p50, m.p90, m.p95, m.p99, m.max
                 );
             }
-            None => h.push_str("<td>0</td><td colspan=\"8\">n/a</td>"),
+            None => h.push_str("<td>0</td><td colspan=\"8\" class=\"na\">n/a</td>"),
         }
         h.push_str("</tr>\n");
     }
