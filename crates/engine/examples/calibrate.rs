@@ -20,7 +20,7 @@ fn main() {
     let refs: Vec<(&str, EngineConfig, ClosedLoop, &str, f64)> = vec![
         (
             "Qwen3-32B BF16 H100 TP2 vLLM 1024/1024 c32",
-            cfg("H100-SXM", "Qwen3-32B", WeightDtype::Bf16, 2, "vllm"),
+            EngineConfig { max_num_batched_tokens: 2048, ..cfg("H100-SXM", "Qwen3-32B", WeightDtype::Bf16, 2, "vllm") },
             ClosedLoop::new(32, 320, 1024, 1024),
             "ttft+tpot",
             0.0,
@@ -54,7 +54,18 @@ fn main() {
             2909.0,
         ),
     ];
+    let jit: Option<f64> = std::env::args().nth(1).and_then(|s| s.parse().ok());
     for (name, c, w, _kind, _ref) in &refs {
+        let mut w = *w;
+        if let Some(j) = jit {
+            w.turnaround = (0.0, j);
+        }
+        let w = &w;
+        let mut c = c.clone();
+        if let Ok(b) = std::env::var("BUDGET") {
+            c.max_num_batched_tokens = b.parse().unwrap();
+        }
+        let c = &c;
         let mut e = Engine::new(&cat, c).expect("engine");
         let t0 = std::time::Instant::now();
         let r = run(&mut e, w).expect("run");

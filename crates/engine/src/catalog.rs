@@ -144,6 +144,9 @@ pub struct EngineProfile {
     pub gemm_efficiency: f64,
     pub attention_efficiency: f64,
     pub memory_efficiency: f64,
+    /// Grouped expert GEMMs (fused MoE kernels) relative to dense GEMMs: scales both the
+    /// compute and the bandwidth efficiency of the MoE layers.
+    pub moe_efficiency: f64,
     pub link_efficiency: f64,
     pub allreduce_latency_us: f64,
     pub alltoall_latency_us: f64,
@@ -472,6 +475,7 @@ fn validate_profile(e: &EngineProfile) -> Result<(), String> {
         ("gemm_efficiency", e.gemm_efficiency),
         ("attention_efficiency", e.attention_efficiency),
         ("memory_efficiency", e.memory_efficiency),
+        ("moe_efficiency", e.moe_efficiency),
         ("link_efficiency", e.link_efficiency),
     ] {
         if !(v.is_finite() && v > 0.0 && v <= 1.0) {

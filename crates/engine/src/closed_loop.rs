@@ -7,7 +7,8 @@
 //! engine's scheduler, real clients spend a variable time (SSE delivery, HTTP, tokenization,
 //! the engine's input queue). It matters: with identical lengths and zero turnaround, clients
 //! that start together stay phase-locked forever and every prefill step is full, which real
-//! benchmarks do not show. We draw it uniformly from `turnaround` with a fixed seed.
+//! benchmarks do not always show. It can be drawn uniformly from `turnaround` with a fixed
+//! seed; the calibration uses none (the textbook closed loop).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -33,8 +34,9 @@ pub struct ClosedLoop {
 }
 
 impl ClosedLoop {
-    /// Default turnaround used by the calibration: uniform 0–40 ms.
-    pub const TURNAROUND: (f64, f64) = (0.0, 0.040);
+    /// Default turnaround: none (the next request reaches the engine when the previous one
+    /// finishes). See the module docs and docs/calibration.md for why this matters.
+    pub const TURNAROUND: (f64, f64) = (0.0, 0.0);
 
     pub fn new(clients: u32, requests: u32, input_tokens: u32, output_tokens: u32) -> ClosedLoop {
         ClosedLoop {

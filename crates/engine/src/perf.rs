@@ -90,6 +90,7 @@ struct Moe {
     expert_bytes: f64,
     gpus: f64,
     flops_rate: f64,
+    mem_rate: f64,
     /// Per MoE layer: fixed collective latency (s) and seconds per token of the whole worker.
     comm_latency: f64,
     comm_per_token: f64,
@@ -259,7 +260,8 @@ impl PerfModel {
                 flops_per_token_expert: 2.0 * p.per_expert,
                 expert_bytes: p.per_expert * w.ffn_bytes(),
                 gpus: g,
-                flops_rate: gemm_peak(gpu, w.ffn_bytes()) * eff,
+                flops_rate: gemm_peak(gpu, w.ffn_bytes()) * eff * prof.moe_efficiency,
+                mem_rate: mem_rate * prof.moe_efficiency,
                 comm_latency: lat,
                 comm_per_token: per_tok,
                 comm_exposed: exposed,
@@ -354,7 +356,7 @@ impl PerfModel {
         let touched = e.experts * (1.0 - (tokens * e.ln_keep).exp());
         let flops = e.flops_per_token_expert * e.top_k * tokens / e.gpus;
         let bytes = touched * e.expert_bytes / e.gpus;
-        let per_layer = roof(flops, e.flops_rate, bytes, self.mem_rate)
+        let per_layer = roof(flops, e.flops_rate, bytes, e.mem_rate)
             + e.comm_exposed * (e.comm_latency + e.comm_per_token * tokens);
         e.layers * per_layer
     }

@@ -1,0 +1,171 @@
+//! `advance_until` must be bit-identical to single stepping.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use switchyard_engine::{Catalog, Engine, EngineConfig, KvDtype, Request, StepOutcome, WeightDtype};
+
+#[derive(Clone)]
+struct Arrival {
+    t: f64,
+    req: Request,
+}
+
+/// Random workload with shared prefixes (so caching, eviction and events happen).
+fn workload(seed: u64, n: usize, bs: u32, dp: u32) -> Vec<Arrival> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut t = 0.0;
+    (0..n)
+        .map(|i| {
+            t += rng.random_range(0.0..0.05);
+            let prompt = rng.random_range(1..3000u32);
+            let family = rng.random_range(0..4u64);
+            let full = (prompt / bs) as usize;
+            let shared = rng.random_range(0..=full);
+            let hashes = (0..full)
+                .map(|j| if j < shared { family * 1_000_000 + j as u64 } else { (i as u64 + 1) << 32 | j as u64 })
+                .collect();
+            Arrival {
+                t,
+                req: Request {
+                    id: i as u64,
+                    prompt_tokens: prompt,
+                    block_hashes: hashes,
+                    max_output_tokens: rng.random_range(1..400),
+                    dp_rank: if dp > 1 && rng.random_bool(0.3) { Some(rng.random_range(0..dp)) } else { None },
+                },
+            }
+        })
+        .collect()
+}
+
+fn visible_part(o: &StepOutcome) -> StepOutcome {
+    StepOutcome {
+        decoded: Vec::new(),
+        ..o.clone()
+    }
+}
+
+/// Drive with single steps: before each step starting at s, admit arrivals with t <= s.
+fn by_steps(mut e: Engine, arrivals: &[Arrival]) -> (Vec<StepOutcome>, Engine) {
+    let mut out = Vec::new();
+    let mut next = 0;
+    let mut now: f64 = 0.0;
+    loop {
+        let start = now.max(e.busy_until());
+        while next < arrivals.len() && arrivals[next].t <= start {
+            e.admit(arrivals[next].req.clone(), arrivals[next].t).unwrap();
+            next += 1;
+        }
+        let o = e.step(start);
+        e.check_invariants().unwrap();
+        if o.end == o.start && !o.is_visible() {
+            if next == arrivals.len() {
+                break;
+            }
+            now = arrivals[next].t;
+            continue;
+        }
+        now = o.end;
+        if o.is_visible() {
+            out.push(visible_part(&o));
+        }
+    }
+    (out, e)
+}
+
+/// Drive with advance_until, limited by the next arrival.
+fn by_advance(mut e: Engine, arrivals: &[Arrival]) -> (Vec<StepOutcome>, Engine) {
+    let mut out = Vec::new();
+    let mut next = 0;
+    let mut now: f64 = 0.0;
+    loop {
+        let limit = arrivals.get(next).map(|a| a.t).unwrap_or(f64::INFINITY);
+        let adv = e.advance_until(now, limit);
+        if let Some(o) = adv.outcome {
+            now = o.end;
+            out.push(o);
+            continue;
+        }
+        if next == arrivals.len() {
+            assert!(adv.idle);
+            break;
+        }
+        // Idle before the arrival, or the next step would start at/after it.
+        now = if adv.idle { arrivals[next].t } else { adv.time };
+        let start = now.max(e.busy_until());
+        while next < arrivals.len() && arrivals[next].t <= start {
+            e.admit(arrivals[next].req.clone(), arrivals[next].t).unwrap();
+            next += 1;
+        }
+    }
+    (out, e)
+}
+
+fn compare(cfg: EngineConfig, seed: u64, n: usize) {
+    let cat = Catalog::builtin().unwrap();
+    let arrivals = workload(seed, n, cfg.block_size, cfg.dp);
+    let (a, ea) = by_steps(Engine::new(&cat, &cfg).unwrap(), &arrivals);
+    let (b, eb) = by_advance(Engine::new(&cat, &cfg).unwrap(), &arrivals);
+    assert_eq!(a.len(), b.len(), "number of visible steps");
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x, y, "visible step {i} differs");
+    }
+    assert_eq!(ea.stats(), eb.stats());
+    assert_eq!(ea.busy_until().to_bits(), eb.busy_until().to_bits());
+    assert_eq!(ea.stats().finished, n as u64, "every request finished");
+    println!("{} visible steps, stats {:?}", a.len(), ea.stats());
+}
+
+#[test]
+fn advance_is_bit_identical_with_preemption_and_eviction() {
+    // Tight KV (600 blocks of 16) forces preemptions and LRU evictions.
+    compare(
+        EngineConfig {
+            gpu: "H100-SXM".into(),
+            model: "Qwen3-32B".into(),
+            tp: 2,
+            max_num_batched_tokens: 2048,
+            num_gpu_blocks_override: Some(600),
+            ..EngineConfig::default()
+        },
+        7,
+        400,
+    );
+}
+
+#[test]
+fn advance_is_bit_identical_sglang_style_no_events() {
+    compare(
+        EngineConfig {
+            gpu: "H200".into(),
+            model: "Llama-3.1-8B".into(),
+            engine: "sglang".into(),
+            kv_events: false,
+            num_gpu_blocks_override: Some(2000),
+            ..EngineConfig::default()
+        },
+        11,
+        300,
+    );
+}
+
+#[test]
+fn advance_is_bit_identical_dp_attention_sparse_mla() {
+    // DeepSeek-V3.2 DEP8: 8 schedulers in lockstep, sparse attention sums, reserve-full
+    // admission (TensorRT-LLM).
+    compare(
+        EngineConfig {
+            gpu: "GB200".into(),
+            model: "DeepSeek-V3.2".into(),
+            weight_dtype: WeightDtype::Nvfp4,
+            kv_dtype: KvDtype::Fp8,
+            dp: 8,
+            ep: 8,
+            engine: "trtllm".into(),
+            num_gpu_blocks_override: Some(500),
+            ..EngineConfig::default()
+        },
+        3,
+        400,
+    );
+}
