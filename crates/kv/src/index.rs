@@ -19,11 +19,11 @@
 //! hold, events from removed workers and stores beyond the per-worker cap are skipped and
 //! counted in [`IndexCounters`]; the index stays consistent. Nothing panics on event content.
 
-use std::collections::hash_map::Entry;
 use std::fmt;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::table::BlockTable;
 use crate::{BlockHash, KvEvent};
 
 /// An engine instance's id (as assigned by discovery / configuration).
@@ -168,6 +168,9 @@ impl Overlaps {
 
 const NIL: u32 = u32::MAX;
 
+/// How many blocks ahead of the current one ingestion prefetches table slots.
+const PREFETCH: usize = 16;
+
 /// A block. `mask` holds slots 0..63; a node with no holder is free (or about to be).
 #[derive(Clone, Copy, Debug)]
 struct Node {
@@ -197,7 +200,7 @@ pub const DEFAULT_MAX_BLOCKS_PER_WORKER: u64 = 1 << 22;
 /// The exact prefix index. See the module docs.
 #[derive(Clone, Debug)]
 pub struct PrefixIndex {
-    map: FxHashMap<BlockHash, u32>,
+    map: BlockTable,
     nodes: Vec<Node>,
     free: Vec<u32>,
     /// Words 1.. of the holder bitset (slots 64..) for nodes that have such holders.
@@ -224,7 +227,7 @@ impl PrefixIndex {
     /// An empty index with the default per-worker cap.
     pub fn new() -> Self {
         Self {
-            map: FxHashMap::default(),
+            map: BlockTable::new(),
             nodes: Vec::new(),
             free: Vec::new(),
             wide: FxHashMap::default(),
@@ -278,8 +281,8 @@ impl PrefixIndex {
         };
         let mut prev = match parent {
             None => NIL,
-            Some(p) => match self.map.get(&p) {
-                Some(&i) if self.has(i, slot) => i,
+            Some(p) => match self.map.get(p) {
+                Some(i) if self.has(i, slot) => i,
                 _ => {
                     self.counters.unknown_parent += 1;
                     self.counters.blocks_dropped += blocks.len() as u64;
@@ -288,28 +291,27 @@ impl PrefixIndex {
             },
         };
         let s = slot as usize;
+        for &h in blocks.iter().take(PREFETCH) {
+            self.map.prefetch(h);
+        }
         for (k, &h) in blocks.iter().enumerate() {
-            let i = match self.map.entry(h) {
-                Entry::Occupied(e) => {
-                    let i = *e.get();
-                    if self.nodes[i as usize].parent != prev {
-                        self.counters.parent_mismatch += 1;
-                        self.counters.blocks_dropped += (blocks.len() - k) as u64;
-                        return;
-                    }
-                    i
-                }
-                Entry::Vacant(e) => {
-                    if self.slot_blocks[s] >= self.max_blocks_per_worker {
-                        self.counters.over_capacity += 1;
-                        self.counters.blocks_dropped += (blocks.len() - k) as u64;
-                        return;
-                    }
-                    let i = alloc(&mut self.nodes, &mut self.free, h, prev);
-                    e.insert(i);
-                    i
-                }
-            };
+            if let Some(&ahead) = blocks.get(k + PREFETCH) {
+                self.map.prefetch(ahead);
+            }
+            if self.slot_blocks[s] >= self.max_blocks_per_worker && self.map.get(h).is_none() {
+                self.counters.over_capacity += 1;
+                self.counters.blocks_dropped += (blocks.len() - k) as u64;
+                return;
+            }
+            let (nodes, free) = (&mut self.nodes, &mut self.free);
+            let (i, inserted) = self
+                .map
+                .get_or_insert_with(h, || alloc(nodes, free, h, prev));
+            if !inserted && self.nodes[i as usize].parent != prev {
+                self.counters.parent_mismatch += 1;
+                self.counters.blocks_dropped += (blocks.len() - k) as u64;
+                return;
+            }
             if self.has(i, slot) {
                 self.counters.duplicate_store += 1;
             } else {
@@ -343,9 +345,15 @@ impl PrefixIndex {
             self.counters.unknown_removal += blocks.len() as u64;
             return;
         };
-        for &h in blocks {
-            match self.map.get(&h) {
-                Some(&i) if self.has(i, slot) => self.remove_subtree(slot, i),
+        for &h in blocks.iter().take(PREFETCH) {
+            self.map.prefetch(h);
+        }
+        for (k, &h) in blocks.iter().enumerate() {
+            if let Some(&ahead) = blocks.get(k + PREFETCH) {
+                self.map.prefetch(ahead);
+            }
+            match self.map.get(h) {
+                Some(i) if self.has(i, slot) => self.remove_subtree(slot, i),
                 _ => self.counters.unknown_removal += 1,
             }
         }
@@ -392,7 +400,7 @@ impl PrefixIndex {
         if n == 0 {
             return;
         }
-        let Some(&first) = self.map.get(&hashes[0]) else {
+        let Some(first) = self.map.get(hashes[0]) else {
             return;
         };
         let groups = self.slot_keys.len().div_ceil(64);
@@ -420,7 +428,7 @@ impl PrefixIndex {
         let Some(&slot) = self.slots.get(&worker) else {
             return 0;
         };
-        let holds = |k: usize| self.map.get(&hashes[k]).is_some_and(|&i| self.has(i, slot));
+        let holds = |k: usize| self.map.get(hashes[k]).is_some_and(|i| self.has(i, slot));
         // Largest m with holds(0..m): by prefix closure `holds` is monotone.
         let (mut lo, mut hi) = (0usize, hashes.len());
         while lo < hi {
@@ -436,8 +444,8 @@ impl PrefixIndex {
 
     /// Does `worker` hold `block`?
     pub fn contains(&self, worker: WorkerKey, block: BlockHash) -> bool {
-        match (self.slots.get(&worker), self.map.get(&block)) {
-            (Some(&s), Some(&i)) => self.has(i, s),
+        match (self.slots.get(&worker), self.map.get(block)) {
+            (Some(&s), Some(i)) => self.has(i, s),
             _ => false,
         }
     }
@@ -479,7 +487,7 @@ impl PrefixIndex {
                 (cap * 8 / 7).next_power_of_two()
             }
         };
-        let map = buckets(self.map.capacity()) * (size_of::<(BlockHash, u32)>() + 1);
+        let map = self.map.memory_bytes();
         let nodes = self.nodes.capacity() * size_of::<Node>();
         let wide = buckets(self.wide.capacity()) * (size_of::<(u32, Vec<u64>)>() + 1)
             + self.wide.values().map(|v| v.capacity() * 8).sum::<usize>();
@@ -499,7 +507,7 @@ impl PrefixIndex {
                 continue;
             }
             live += 1;
-            if self.map.get(&n.hash) != Some(&i) {
+            if self.map.get(n.hash) != Some(i) {
                 return Err(format!("node {i} not in map"));
             }
             for (s, c) in per_slot.iter_mut().enumerate() {
@@ -623,8 +631,8 @@ impl PrefixIndex {
 
     #[inline]
     fn word_at(&self, hashes: &[BlockHash], k: usize, g: usize) -> u64 {
-        match self.map.get(&hashes[k]) {
-            Some(&i) => self.word(i, g),
+        match self.map.get(hashes[k]) {
+            Some(i) => self.word(i, g),
             None => 0,
         }
     }
@@ -780,7 +788,7 @@ impl PrefixIndex {
             c = next;
         }
         let hash = self.nodes[i as usize].hash;
-        self.map.remove(&hash);
+        self.map.remove(hash);
         self.wide.remove(&i);
         self.nodes[i as usize] = Node::FREE;
         self.free.push(i);

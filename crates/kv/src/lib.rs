@@ -14,6 +14,7 @@ pub mod approx;
 mod error;
 pub mod hash;
 pub mod index;
+mod table;
 
 pub use approx::{ApproxConfig, ApproxIndex, IndexMode, KvIndexer};
 pub use error::KvError;
