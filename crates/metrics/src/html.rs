@@ -287,23 +287,50 @@ pub fn render_html(title: &str, runs: &[ReportRun]) -> String {
                 groups.entry(s.chart.as_str()).or_default().push(s);
             }
             for (chart, series) in groups {
+                // Long runs of a jumpy gauge are unreadable as raw steps: average each series
+                // over the same time buckets (time-weighted, so it is the mean gauge value).
+                let (t0, t1) = series
+                    .iter()
+                    .flat_map(|s| s.points.iter().map(|p| p.0))
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), t| {
+                        (a.min(t), b.max(t))
+                    });
+                let many = series.iter().any(|s| s.points.len() > 2 * GAUGE_BUCKETS);
+                let bucket = (t1 - t0) / GAUGE_BUCKETS as f64;
+                let averaged = many && bucket.is_finite() && bucket > 0.0;
                 let lines = series
                     .iter()
                     .enumerate()
-                    .map(|(j, s)| Line {
-                        step: true,
-                        dashed: j >= 10 && (j / 10) % 2 == 1,
-                        ..Line::new(
-                            s.name.clone(),
-                            color(j),
-                            s.points.iter().map(|&(t, v)| (t - o, v)).collect(),
-                        )
+                    .map(|(j, s)| {
+                        let pts = if averaged {
+                            bucket_means(&s.points, t0, bucket, GAUGE_BUCKETS)
+                        } else {
+                            s.points.clone()
+                        };
+                        Line {
+                            step: !averaged,
+                            dashed: j >= 10 && (j / 10) % 2 == 1,
+                            ..Line::new(
+                                s.name.clone(),
+                                color(j),
+                                pts.iter().map(|&(t, v)| (t - o, v)).collect(),
+                            )
+                        }
                     })
                     .collect();
+                let title = if averaged {
+                    format!(
+                        "{}: {chart}, mean per {}",
+                        run_name(i, r.summary),
+                        fmt_secs(bucket)
+                    )
+                } else {
+                    format!("{}: {chart}", run_name(i, r.summary))
+                };
                 push_chart(
                     &mut h,
                     &LineChart {
-                        title: format!("{}: {chart}", run_name(i, r.summary)),
+                        title,
                         x_label: "time since start (s)".into(),
                         x_from_zero: true,
                         y_label: chart.to_string(),
@@ -333,6 +360,53 @@ const DEFINITIONS: &str = r#"<h2>Definitions</h2>
 <dt>Statistics</dt><dd>Mean, population standard deviation, percentiles with linear interpolation (numpy's default).</dd>
 </dl>
 "#;
+
+/// Buckets a gauge chart is averaged into when its series are long.
+const GAUGE_BUCKETS: usize = 120;
+
+fn fmt_secs(s: f64) -> String {
+    if s >= 10.0 {
+        format!("{s:.0} s")
+    } else if s >= 1.0 {
+        format!("{s:.1} s")
+    } else {
+        format!("{:.0} ms", s * 1000.0)
+    }
+}
+
+/// Time-weighted mean of a step function (each value holds until the next sample) over
+/// `n` buckets of width `w` from `t0`; points at bucket centres, buckets with no coverage
+/// skipped.
+fn bucket_means(points: &[(f64, f64)], t0: f64, w: f64, n: usize) -> Vec<(f64, f64)> {
+    let mut area = vec![0.0; n];
+    let mut cover = vec![0.0; n];
+    for seg in points.windows(2) {
+        let ((a, v), (b, _)) = (seg[0], seg[1]);
+        if !(b > a && v.is_finite()) {
+            continue;
+        }
+        let mut t = a;
+        while t < b {
+            let k = (((t - t0) / w) as usize).min(n - 1);
+            let edge = if k == n - 1 {
+                b
+            } else {
+                t0 + (k + 1) as f64 * w
+            };
+            let end = b.min(edge.max(t));
+            if end <= t {
+                break;
+            }
+            area[k] += v * (end - t);
+            cover[k] += end - t;
+            t = end;
+        }
+    }
+    (0..n)
+        .filter(|&k| cover[k] > 0.0)
+        .map(|k| (t0 + (k as f64 + 0.5) * w, area[k] / cover[k]))
+        .collect()
+}
 
 fn push_chart(h: &mut String, c: &LineChart) {
     h.push_str("<div class=\"chart\">");
@@ -458,4 +532,31 @@ fn stats_table(h: &mut String, s: &Summary) {
         h.push_str("</tr>\n");
     }
     h.push_str("</tbody></table>\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_means_are_time_weighted() {
+        // 0 on [0, 1), 10 on [1, 4), ends at 4: buckets of width 2 -> [0,2): (0*1 + 10*1)/2 = 5,
+        // [2,4): 10.
+        let pts = [(0.0, 0.0), (1.0, 10.0), (4.0, 3.0)];
+        assert_eq!(
+            bucket_means(&pts, 0.0, 2.0, 2),
+            vec![(1.0, 5.0), (3.0, 10.0)]
+        );
+        assert!(bucket_means(&[(0.0, 1.0)], 0.0, 1.0, 3).is_empty());
+    }
+
+    #[test]
+    fn cdf_points_are_monotone_and_end_at_one() {
+        let v: Vec<f64> = (0..10_000).map(f64::from).collect();
+        let c = cdf_points(&v);
+        assert!(c.len() <= 602);
+        assert!(c.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 < w[1].1));
+        assert_eq!(*c.last().unwrap(), (9999.0, 1.0));
+        assert_eq!(c[0], (0.0, 1e-4));
+    }
 }

@@ -25,7 +25,9 @@ pub mod svg;
 mod text;
 
 pub use html::{ReportRun, TimeSeries, render_html};
-pub use record::{ChunkGaps, GapRun, RequestRecord, Status, parse_records_jsonl, records_to_jsonl};
+pub use record::{
+    ChunkGaps, GapRun, RequestRecord, Status, parse_records_jsonl, quantize, records_to_jsonl,
+};
 pub use slo::{Slo, SloMetric, SloTerm};
 pub use stats::{PERCENTILES, Stats, percentile_sorted};
 pub use summary::{Goodput, Summary, SummaryOptions};

@@ -218,6 +218,16 @@ impl RequestRecord {
     }
 }
 
+/// Round a time or gap to a resolution of `1 / per_second` seconds (e.g. `1e6` for
+/// microseconds, `1e9` for nanoseconds), as the nearest `f64` to that decimal. Such values
+/// print in few digits (`0.013022`, not `0.013022022162962998`), which keeps `requests.jsonl`
+/// small, and they still round-trip exactly. Producers choose their resolution; the statistics
+/// then use exactly the stored values.
+pub fn quantize(seconds: f64, per_second: f64) -> f64 {
+    // Dividing (correctly rounded) lands on the f64 nearest the decimal value.
+    (seconds * per_second).round() / per_second
+}
+
 /// Parse `requests.jsonl` text: one [`RequestRecord`] per non-blank line. Errors name the
 /// 1-based line. Records are not validated here; [`crate::Summary::from_records`] does that.
 pub fn parse_records_jsonl(text: &str) -> Result<Vec<RequestRecord>, MetricsError> {
@@ -483,6 +493,19 @@ mod tests {
         let bad = format!("{text}{{\"id\": 3}}\n");
         let e = parse_records_jsonl(&bad).unwrap_err().to_string();
         assert!(e.starts_with("line 3:"), "{e}");
+    }
+
+    #[test]
+    fn quantized_gaps_print_short_and_roundtrip() {
+        let g = quantize(0.013022022162962998, 1e6);
+        assert_eq!(g, 0.013022);
+        assert_eq!(serde_json::to_string(&g).unwrap(), "0.013022");
+        assert_eq!(quantize(1.5e-9 + 0.25, 1e9), 0.250000002);
+        let mut gaps = ChunkGaps::new();
+        for x in [0.0130221, 0.0130222, 0.0130224] {
+            gaps.push(quantize(x, 1e6)); // all 13.022 ms at 1 us: one run
+        }
+        assert_eq!(serde_json::to_string(&gaps).unwrap(), "[[0.013022,3]]");
     }
 
     #[test]
