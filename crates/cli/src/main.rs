@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod fmt;
+mod lab_cmd;
 mod trace_cmd;
 
 /// Switchyard: route, simulate and benchmark LLM serving fleets (vLLM, SGLang, TensorRT-LLM).
@@ -17,6 +18,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Simulate deployments in virtual time on a request trace and compare them.
+    #[command(subcommand)]
+    Lab(lab_cmd::LabCommand),
     /// Analyze and synthesize Mooncake-format request traces.
     #[command(subcommand)]
     Trace(trace_cmd::TraceCommand),
@@ -25,6 +29,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Lab(cmd) => lab_cmd::run(cmd),
         Command::Trace(cmd) => trace_cmd::run(cmd),
     };
     match result {

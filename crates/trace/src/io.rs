@@ -40,7 +40,17 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, TraceError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut reader = BufReader::with_capacity(1 << 16, file);
+    load_reader(file, path, opts)
+}
+
+/// Like [`load`], from any reader (plain or gzip JSONL); `path` only names the source in
+/// messages.
+pub fn load_reader<R: Read>(
+    reader: R,
+    path: &Path,
+    opts: &LoadOptions,
+) -> Result<Loaded, TraceError> {
+    let mut reader = BufReader::with_capacity(1 << 16, reader);
     let gz = {
         let head = reader.fill_buf().map_err(|source| TraceError::Read {
             path: path.to_path_buf(),

@@ -15,7 +15,7 @@ mod synth;
 pub use analyze::{Analysis, BlockStats, analyze};
 pub use error::{Issue, IssueKind, TraceError};
 pub use hist::{Bin, Histogram};
-pub use io::{LoadOptions, Loaded, load, parse_reader, write_jsonl};
+pub use io::{LoadOptions, Loaded, load, load_reader, parse_reader, write_jsonl};
 pub use record::{Trace, TraceRequest};
 pub use switchyard_metrics::Stats;
 pub use synth::{SynthConfig, SynthReport, synthesize};
