@@ -20,7 +20,10 @@ fn main() {
     let refs: Vec<(&str, EngineConfig, ClosedLoop, &str, f64)> = vec![
         (
             "Qwen3-32B BF16 H100 TP2 vLLM 1024/1024 c32",
-            EngineConfig { max_num_batched_tokens: 2048, ..cfg("H100-SXM", "Qwen3-32B", WeightDtype::Bf16, 2, "vllm") },
+            EngineConfig {
+                max_num_batched_tokens: 2048,
+                ..cfg("H100-SXM", "Qwen3-32B", WeightDtype::Bf16, 2, "vllm")
+            },
             ClosedLoop::new(32, 320, 1024, 1024),
             "ttft+tpot",
             0.0,
@@ -34,21 +37,33 @@ fn main() {
         ),
         (
             "Llama-3.1-8B FP8 H100 TP1 TRT-LLM 1000/1000 max tput",
-            EngineConfig { kv_dtype: KvDtype::Fp8, max_num_seqs: 2048, ..cfg("H100-SXM", "Llama-3.1-8B", WeightDtype::Fp8, 1, "trtllm") },
+            EngineConfig {
+                kv_dtype: KvDtype::Fp8,
+                max_num_seqs: 2048,
+                ..cfg("H100-SXM", "Llama-3.1-8B", WeightDtype::Fp8, 1, "trtllm")
+            },
             ClosedLoop::new(3000, 3000, 1000, 1000),
             "tput",
             15220.0,
         ),
         (
             "Llama-3.1-8B FP8 H200 TP1 TRT-LLM 1000/1000 max tput",
-            EngineConfig { kv_dtype: KvDtype::Fp8, max_num_seqs: 2048, ..cfg("H200", "Llama-3.1-8B", WeightDtype::Fp8, 1, "trtllm") },
+            EngineConfig {
+                kv_dtype: KvDtype::Fp8,
+                max_num_seqs: 2048,
+                ..cfg("H200", "Llama-3.1-8B", WeightDtype::Fp8, 1, "trtllm")
+            },
             ClosedLoop::new(3000, 3000, 1000, 1000),
             "tput",
             17744.0,
         ),
         (
             "Llama-3.3-70B FP8 H200 TP1 TRT-LLM 1000/1000 max tput",
-            EngineConfig { kv_dtype: KvDtype::Fp8, max_num_seqs: 2048, ..cfg("H200", "Llama-3.1-70B", WeightDtype::Fp8, 1, "trtllm") },
+            EngineConfig {
+                kv_dtype: KvDtype::Fp8,
+                max_num_seqs: 2048,
+                ..cfg("H200", "Llama-3.1-70B", WeightDtype::Fp8, 1, "trtllm")
+            },
             ClosedLoop::new(3000, 3000, 1000, 1000),
             "tput",
             2909.0,
@@ -82,7 +97,12 @@ fn main() {
     }
     for c in [
         cfg("H200", "Qwen3-32B", WeightDtype::Bf16, 2, "vllm"),
-        EngineConfig { dp: 8, ep: 8, kv_dtype: KvDtype::Fp8, ..cfg("GB200", "DeepSeek-V3.2", WeightDtype::Nvfp4, 1, "trtllm") },
+        EngineConfig {
+            dp: 8,
+            ep: 8,
+            kv_dtype: KvDtype::Fp8,
+            ..cfg("GB200", "DeepSeek-V3.2", WeightDtype::Nvfp4, 1, "trtllm")
+        },
     ] {
         match Engine::new(&cat, &c) {
             Ok(e) => println!("seed: {}", e.description()),

@@ -197,7 +197,10 @@ fn parse<T: for<'de> Deserialize<'de>>(file: &str, text: &str) -> Result<T, Engi
 /// Insert or replace (by case-insensitive name) keeping insertion order.
 fn upsert<T>(list: &mut Vec<T>, item: T, name: impl Fn(&T) -> &str) {
     let key = name(&item).to_ascii_lowercase();
-    match list.iter().position(|x| name(x).to_ascii_lowercase() == key) {
+    match list
+        .iter()
+        .position(|x| name(x).to_ascii_lowercase() == key)
+    {
         Some(i) => list[i] = item,
         None => list.push(item),
     }
@@ -220,7 +223,7 @@ fn find<'a, T>(
         .ok_or_else(|| EngineError::UnknownName {
             kind,
             name: want.to_string(),
-            known: list.iter().map(|x| name(x)).collect::<Vec<_>>().join(", "),
+            known: list.iter().map(name).collect::<Vec<_>>().join(", "),
         })
 }
 
@@ -278,7 +281,12 @@ impl Catalog {
 
     /// Add one catalog file; `rel` decides its kind by its directory (`gpus/`, `models/`,
     /// `engines/`), `shown` is the name used in error messages.
-    pub fn add_file_named(&mut self, shown: &str, rel: &str, text: &str) -> Result<(), EngineError> {
+    pub fn add_file_named(
+        &mut self,
+        shown: &str,
+        rel: &str,
+        text: &str,
+    ) -> Result<(), EngineError> {
         if rel.starts_with("gpus/") {
             let g: GpuSpec = parse(shown, text)?;
             validate_gpu(&g).map_err(|reason| EngineError::Catalog {
@@ -321,7 +329,13 @@ impl Catalog {
 
     /// Look up an engine profile by name or alias (case-insensitive).
     pub fn engine(&self, name: &str) -> Result<&EngineProfile, EngineError> {
-        find(&self.engines, "engine profile", name, |x| &x.name, |x| &x.aliases)
+        find(
+            &self.engines,
+            "engine profile",
+            name,
+            |x| &x.name,
+            |x| &x.aliases,
+        )
     }
 
     /// The catalog as plain-text tables (for `switchyard catalog`).
@@ -331,7 +345,15 @@ impl Catalog {
         let _ = writeln!(
             s,
             "  {:<10} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10} {:>7} {:>8}",
-            "name", "BF16 TF", "FP8 TF", "FP4 TF", "mem GiB", "HBM TB/s", "NVLink GB/s", "domain", "NIC GB/s"
+            "name",
+            "BF16 TF",
+            "FP8 TF",
+            "FP4 TF",
+            "mem GiB",
+            "HBM TB/s",
+            "NVLink GB/s",
+            "domain",
+            "NIC GB/s"
         );
         for g in &self.gpus {
             let fp4 = if g.fp4_tflops > 0.0 {
@@ -342,21 +364,40 @@ impl Catalog {
             let _ = writeln!(
                 s,
                 "  {:<10} {:>8.0} {:>8.0} {:>8} {:>9.1} {:>8.2} {:>10.0} {:>7} {:>8.0}",
-                g.name, g.bf16_tflops, g.fp8_tflops, fp4, g.memory_gib, g.hbm_tb_s, g.nvlink_gb_s,
-                g.nvlink_domain, g.nic_gb_s
+                g.name,
+                g.bf16_tflops,
+                g.fp8_tflops,
+                fp4,
+                g.memory_gib,
+                g.hbm_tb_s,
+                g.nvlink_gb_s,
+                g.nvlink_domain,
+                g.nic_gb_s
             );
         }
         let _ = writeln!(s, "\nModels");
         let _ = writeln!(
             s,
             "  {:<14} {:>6} {:>6} {:>16} {:>22} {:>8} {:>9} {:>8} {:>13}",
-            "name", "layers", "hidden", "attention", "ffn", "params", "active", "max ctx", "KV B/tok bf16"
+            "name",
+            "layers",
+            "hidden",
+            "attention",
+            "ffn",
+            "params",
+            "active",
+            "max ctx",
+            "KV B/tok bf16"
         );
         for m in &self.models {
             let attn = match (&m.gqa, &m.mla) {
                 (Some(g), _) => format!("GQA {}/{}x{}", g.q_heads, g.kv_heads, g.head_dim),
                 (_, Some(a)) => {
-                    let dsa = m.dsa.as_ref().map(|d| format!("+DSA{}", d.top_k)).unwrap_or_default();
+                    let dsa = m
+                        .dsa
+                        .as_ref()
+                        .map(|d| format!("+DSA{}", d.top_k))
+                        .unwrap_or_default();
                     format!("MLA {}h{}", a.heads, dsa)
                 }
                 _ => "-".into(),
@@ -387,8 +428,8 @@ impl Catalog {
         let _ = writeln!(s, "\nEngine profiles");
         let _ = writeln!(
             s,
-            "  {:<8} {:<14} {:<12} {:>6} {:>6} {:>6} {:>10} {}",
-            "name", "batching", "admission", "eta_g", "eta_a", "eta_m", "step us", "description"
+            "  {:<8} {:<14} {:<12} {:>6} {:>6} {:>6} {:>10} description",
+            "name", "batching", "admission", "eta_g", "eta_a", "eta_m", "step us"
         );
         for e in &self.engines {
             let _ = writeln!(
@@ -456,7 +497,9 @@ fn validate_model(m: &ModelSpec) -> Result<(), String> {
         (Some(d), None) if d.intermediate > 0 => {}
         (None, Some(e)) => {
             if e.experts == 0 || e.top_k == 0 || e.top_k > e.experts || e.expert_intermediate == 0 {
-                return Err("moe: need experts > 0, 0 < top_k <= experts, expert_intermediate > 0".into());
+                return Err(
+                    "moe: need experts > 0, 0 < top_k <= experts, expert_intermediate > 0".into(),
+                );
             }
             if e.dense_layers > m.layers {
                 return Err("moe: dense_layers exceeds layers".into());
@@ -465,7 +508,11 @@ fn validate_model(m: &ModelSpec) -> Result<(), String> {
                 return Err("moe: dense_intermediate must be > 0 when dense_layers > 0".into());
             }
         }
-        _ => return Err("exactly one of [dense_ffn] (intermediate > 0) or [moe] must be given".into()),
+        _ => {
+            return Err(
+                "exactly one of [dense_ffn] (intermediate > 0) or [moe] must be given".into(),
+            );
+        }
     }
     Ok(())
 }

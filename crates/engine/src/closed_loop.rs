@@ -65,9 +65,14 @@ pub struct ClosedLoopResult {
 }
 
 /// Bit pattern wrapper so arrival times order in a heap.
-#[derive(Clone, Copy, PartialEq, PartialOrd)]
+#[derive(Clone, Copy, PartialEq)]
 struct T(f64);
 impl Eq for T {}
+impl PartialOrd for T {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
 impl Ord for T {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&o.0)
@@ -79,7 +84,13 @@ pub fn run(engine: &mut Engine, w: &ClosedLoop) -> Result<ClosedLoopResult, Engi
     let n = w.requests as usize;
     let mut rng = ChaCha8Rng::seed_from_u64(w.seed);
     let (lo, hi) = w.turnaround;
-    let mut jitter = move || if hi > lo { rng.random_range(lo..hi) } else { lo };
+    let mut jitter = move || {
+        if hi > lo {
+            rng.random_range(lo..hi)
+        } else {
+            lo
+        }
+    };
     let mut arrival = vec![0.0f64; n];
     let mut ttft = vec![f64::NAN; n];
     let mut e2e = vec![f64::NAN; n];
@@ -93,7 +104,10 @@ pub fn run(engine: &mut Engine, w: &ClosedLoop) -> Result<ClosedLoopResult, Engi
     let mut now = 0.0f64;
     let mut done = 0usize;
     while done < n {
-        let t_next = pending.peek().map(|Reverse((t, _))| t.0).unwrap_or(f64::INFINITY);
+        let t_next = pending
+            .peek()
+            .map(|Reverse((t, _))| t.0)
+            .unwrap_or(f64::INFINITY);
         let adv = engine.advance_until(now, t_next);
         match adv.outcome {
             Some(o) => {
@@ -112,7 +126,9 @@ pub fn run(engine: &mut Engine, w: &ClosedLoop) -> Result<ClosedLoopResult, Engi
             }
             None => {
                 // Reached the next arrival (or idle until it): admit everything due.
-                let Some(Reverse((t, _))) = pending.peek().copied() else { break };
+                let Some(Reverse((t, _))) = pending.peek().copied() else {
+                    break;
+                };
                 now = now.max(t.0);
                 while let Some(Reverse((t, i))) = pending.peek().copied() {
                     if t.0 > now {

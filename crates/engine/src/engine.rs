@@ -279,7 +279,7 @@ fn fmt_int(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -298,7 +298,10 @@ impl Engine {
             return bad("tp, dp and ep must be >= 1".into());
         }
         if cfg.block_size == 0 || cfg.block_size > 1024 {
-            return bad(format!("block_size must be in 1..=1024, got {}", cfg.block_size));
+            return bad(format!(
+                "block_size must be in 1..=1024, got {}",
+                cfg.block_size
+            ));
         }
         if cfg.max_num_seqs == 0 {
             return bad("max_num_seqs must be >= 1".into());
@@ -310,7 +313,10 @@ impl Engine {
             ));
         }
         if !(cfg.memory_fraction > 0.0 && cfg.memory_fraction <= 1.0) {
-            return bad(format!("memory_fraction must be in (0, 1], got {}", cfg.memory_fraction));
+            return bad(format!(
+                "memory_fraction must be in (0, 1], got {}",
+                cfg.memory_fraction
+            ));
         }
         let max_len = cfg.max_model_len.unwrap_or(model.max_context);
         if max_len == 0 || max_len > model.max_context {
@@ -326,7 +332,7 @@ impl Engine {
                     cfg.tp, model.name, g.q_heads
                 )));
             }
-            if g.kv_heads % cfg.tp != 0 && cfg.tp % g.kv_heads != 0 {
+            if !g.kv_heads.is_multiple_of(cfg.tp) && !cfg.tp.is_multiple_of(g.kv_heads) {
                 return Err(EngineError::DoesNotFit(format!(
                     "TP{} and {}'s {} KV heads: one must divide the other",
                     cfg.tp, model.name, g.kv_heads
@@ -352,7 +358,7 @@ impl Engine {
             }
             Some(e) => {
                 let g = cfg.gpus();
-                if g % cfg.ep != 0 {
+                if !g.is_multiple_of(cfg.ep) {
                     return Err(EngineError::DoesNotFit(format!(
                         "EP{} does not divide the worker's {} GPUs (tp {} x dp {})",
                         cfg.ep, g, cfg.tp, cfg.dp
@@ -560,8 +566,16 @@ impl Engine {
         let k = self.sparse_k as u64;
         for (i, r) in self.ranks.iter().enumerate() {
             let sum: u64 = r.dec.iter().map(|d| d.ctx as u64 + 1).sum();
-            let unsat: Vec<u64> = r.dec.iter().map(|d| d.ctx as u64 + 1).filter(|&a| a < k).collect();
-            if sum != r.dec_sum || unsat.len() as u32 != r.unsat_n || unsat.iter().sum::<u64>() != r.unsat_sum {
+            let unsat: Vec<u64> = r
+                .dec
+                .iter()
+                .map(|d| d.ctx as u64 + 1)
+                .filter(|&a| a < k)
+                .collect();
+            if sum != r.dec_sum
+                || unsat.len() as u32 != r.unsat_n
+                || unsat.iter().sum::<u64>() != r.unsat_sum
+            {
                 return Err(format!(
                     "rank {i}: running sums ({}, {}, {}) != recount ({sum}, {}, {})",
                     r.dec_sum,
@@ -580,7 +594,9 @@ impl Engine {
             }
             let used = (r.pool.total() - r.pool.free()) as u64;
             if held_blocks < used {
-                return Err(format!("rank {i}: {used} blocks in use but requests hold {held_blocks}"));
+                return Err(format!(
+                    "rank {i}: {used} blocks in use but requests hold {held_blocks}"
+                ));
             }
         }
         Ok(())
@@ -653,7 +669,10 @@ impl Engine {
         }
         let rank = match req.dp_rank {
             Some(r) if r >= self.cfg.dp => {
-                return reject(format!("dp_rank {r} out of range (engine has {} ranks)", self.cfg.dp));
+                return reject(format!(
+                    "dp_rank {r} out of range (engine has {} ranks)",
+                    self.cfg.dp
+                ));
             }
             Some(r) => r,
             None => self.pick_rank(),
@@ -702,7 +721,11 @@ impl Engine {
         let mut best = 0;
         let mut best_load = usize::MAX;
         for (i, r) in self.ranks.iter().enumerate() {
-            let l = r.dec.len() + r.prefilling.len() + r.waiting.len() + r.ready.len() + r.awaiting as usize;
+            let l = r.dec.len()
+                + r.prefilling.len()
+                + r.waiting.len()
+                + r.ready.len()
+                + r.awaiting as usize;
             if l < best_load {
                 best = i;
                 best_load = l;
@@ -730,7 +753,11 @@ impl Engine {
             return None;
         }
         let seq = self.slab[slot as usize].as_mut()?;
-        let ev = if self.cfg.kv_events { Some(&mut rank.events) } else { None };
+        let ev = if self.cfg.kv_events {
+            Some(&mut rank.events)
+        } else {
+            None
+        };
         let mut ev = ev;
         for h in &seq.hashes[..hit] {
             seq.blocks.push(rank.pool.acquire_cached(*h));
@@ -757,14 +784,19 @@ impl Engine {
             id,
             reason: "unknown request".into(),
         })?;
-        let seq = self.slab[slot as usize].as_mut().ok_or(EngineError::BadRequestState {
-            id,
-            reason: "unknown request".into(),
-        })?;
+        let seq = self.slab[slot as usize]
+            .as_mut()
+            .ok_or(EngineError::BadRequestState {
+                id,
+                reason: "unknown request".into(),
+            })?;
         if seq.state != St::AwaitingKv {
             return Err(EngineError::BadRequestState {
                 id,
-                reason: format!("kv_arrived in state {:?} (expected a KV reservation)", seq.state),
+                reason: format!(
+                    "kv_arrived in state {:?} (expected a KV reservation)",
+                    seq.state
+                ),
             });
         }
         let r = seq.rank as usize;
@@ -775,8 +807,17 @@ impl Engine {
         let full = (seq.prompt / self.bs).min(seq.hashes.len() as u32);
         if self.cfg.prefix_caching {
             let mut evs = Vec::new();
-            register_blocks(&mut rank.pool, seq, full, self.cfg.kv_events.then_some(&mut evs));
-            self.pending.extend(evs.into_iter().map(|event| RankedKvEvent { dp_rank: r as u32, event }));
+            register_blocks(
+                &mut rank.pool,
+                seq,
+                full,
+                self.cfg.kv_events.then_some(&mut evs),
+            );
+            self.pending
+                .extend(evs.into_iter().map(|event| RankedKvEvent {
+                    dp_rank: r as u32,
+                    event,
+                }));
         }
         rank.awaiting -= 1;
         rank.ready.push_back(slot);
@@ -790,14 +831,19 @@ impl Engine {
             id,
             reason: "unknown request".into(),
         })?;
-        let held = self.slab[slot as usize].as_ref().is_some_and(|s| s.state == St::Held);
+        let held = self.slab[slot as usize]
+            .as_ref()
+            .is_some_and(|s| s.state == St::Held);
         if !held {
             return Err(EngineError::BadRequestState {
                 id,
                 reason: "release of a request that is not holding KV after prefill".into(),
             });
         }
-        let r = self.slab[slot as usize].as_ref().map(|s| s.rank).unwrap_or(0) as usize;
+        let r = self.slab[slot as usize]
+            .as_ref()
+            .map(|s| s.rank)
+            .unwrap_or(0) as usize;
         self.ranks[r].held -= 1;
         self.remove(slot);
         Ok(())
@@ -805,8 +851,12 @@ impl Engine {
 
     /// Drop a request in any state (client went away); frees its KV. Returns whether it existed.
     pub fn abort(&mut self, id: u64) -> bool {
-        let Some(&slot) = self.ids.get(&id) else { return false };
-        let Some(seq) = self.slab[slot as usize].as_ref() else { return false };
+        let Some(&slot) = self.ids.get(&id) else {
+            return false;
+        };
+        let Some(seq) = self.slab[slot as usize].as_ref() else {
+            return false;
+        };
         let (r, state) = (seq.rank as usize, seq.state);
         let k = self.sparse_k;
         let rank = &mut self.ranks[r];
@@ -851,10 +901,16 @@ impl Engine {
     /// stopping after the first visible step ([`StepOutcome::is_visible`]) or when idle.
     /// Bit-identical to calling [`Engine::step`] with each previous step's end.
     pub fn advance_until(&mut self, now: f64, t_limit: f64) -> Advance {
+        self.advance_bounded(now, t_limit, u64::MAX)
+    }
+
+    /// [`Engine::advance_until`] that also stops after `max_steps` steps (e.g. to report
+    /// progress, or to bound the work per call).
+    pub fn advance_bounded(&mut self, now: f64, t_limit: f64, max_steps: u64) -> Advance {
         let mut t = now.max(self.busy_until);
         let mut steps = 0;
         loop {
-            if t >= t_limit {
+            if t >= t_limit || steps >= max_steps {
                 return Advance {
                     steps,
                     time: t,
@@ -896,7 +952,11 @@ impl Engine {
             tokens += s.tokens();
         }
         self.out.scheduled_tokens = tokens;
-        let dur = if tokens > 0 { self.perf.step_time(&self.shapes) } else { 0.0 };
+        let dur = if tokens > 0 {
+            self.perf.step_time(&self.shapes)
+        } else {
+            0.0
+        };
         self.out.end = start + dur;
         if tokens == 0 && !self.out.is_visible() {
             return false;
@@ -938,7 +998,10 @@ impl Engine {
         if !rank.events.is_empty() {
             self.out
                 .kv_events
-                .extend(rank.events.drain(..).map(|event| RankedKvEvent { dp_rank: r as u32, event }));
+                .extend(rank.events.drain(..).map(|event| RankedKvEvent {
+                    dp_rank: r as u32,
+                    event,
+                }));
         }
     }
 
@@ -950,8 +1013,12 @@ impl Engine {
             if rank.dec.len() + rank.prefilling.len() >= self.cfg.max_num_seqs as usize {
                 break;
             }
-            let Some(slot) = self.ranks[r].ready.pop_front() else { break };
-            let Some(seq) = self.slab[slot as usize].as_mut() else { continue };
+            let Some(slot) = self.ranks[r].ready.pop_front() else {
+                break;
+            };
+            let Some(seq) = self.slab[slot as usize].as_mut() else {
+                continue;
+            };
             seq.state = St::Decoding;
             seq.order = self.next_order;
             self.next_order += 1;
@@ -965,6 +1032,9 @@ impl Engine {
             };
             let rank = &mut self.ranks[r];
             add_dec(rank, d.ctx, k);
+            // Visible: the request's first decode token comes out at the end of this step
+            // (the first token the client sees in a disaggregated flow).
+            self.out.started.push(d.id);
             rank.dec.push(d);
         }
         while let Some(&slot) = self.ranks[r].waiting.front() {
@@ -985,131 +1055,148 @@ impl Engine {
 
     /// All decoding sequences emit one token. Allocation failures preempt the newest running
     /// sequence (recompute), possibly the one that needed the block.
+    ///
+    /// The common case (no block needed, not finishing) is a tight in-place loop over the
+    /// contiguous `dec` array; block allocation and preemption take the slow path.
     fn decode_phase(&mut self, r: usize, collect: bool) {
-        let bs = self.bs;
         let k = self.sparse_k;
-        let kv_events = self.cfg.kv_events;
-        let mut i = 0;
-        let mut w = 0;
+        let done_before = self.ranks[r].done.len();
+        let mut i = 0usize;
+        let mut w = 0usize;
         let mut crossings = 0u32;
-        let mut finished = 0u32;
         loop {
-            let rank = &mut self.ranks[r];
-            if i >= rank.dec.len() {
-                break;
-            }
-            let mut e = rank.dec[i];
-            if e.room == 0 {
-                let mut self_preempted = false;
-                loop {
-                    let rank = &mut self.ranks[r];
-                    let ev = if kv_events { Some(&mut rank.events) } else { None };
-                    if let Some(b) = rank.pool.alloc(ev) {
-                        if let Some(s) = self.slab[e.slot as usize].as_mut() {
-                            s.blocks.push(b);
-                        }
-                        e.room = bs;
+            {
+                let rank = &mut self.ranks[r];
+                let decoded = &mut self.out.decoded;
+                let dec = &mut rank.dec;
+                let done = &mut rank.done;
+                let n = dec.len();
+                while i < n {
+                    let mut e = dec[i];
+                    if e.room == 0 {
                         break;
                     }
-                    // Newest running: the tail of `dec` (index >= i) or the newest prefilling.
-                    let dec_tail = rank.dec.last().map(|d| d.order).unwrap_or(0);
-                    let pre_tail = rank
-                        .prefilling
-                        .last()
-                        .and_then(|&s| self.slab[s as usize].as_ref())
-                        .map(|s| s.order);
-                    match pre_tail {
-                        Some(o) if o > dec_tail => {
-                            let s = self.ranks[r].prefilling.pop().unwrap_or(0);
-                            self.preempt(r, s);
-                        }
-                        _ => {
-                            let rank = &mut self.ranks[r];
-                            let Some(d) = rank.dec.pop() else { break };
-                            sub_dec(rank, d.ctx, k);
-                            let slot = d.slot;
-                            if let Some(s) = self.slab[slot as usize].as_mut() {
-                                s.computed = d.ctx;
-                                s.generated = s.max_out - d.remaining;
-                            }
-                            self.preempt(r, slot);
-                            if d.order == e.order {
-                                self_preempted = true;
-                                break;
-                            }
-                        }
+                    e.room -= 1;
+                    e.ctx += 1;
+                    e.remaining -= 1;
+                    crossings += (e.ctx.wrapping_add(1) == k) as u32;
+                    if collect {
+                        decoded.push(e.id);
                     }
+                    if e.remaining == 0 {
+                        done.push(e.slot);
+                        // `computed` carries the final ctx for the sum fix-up below.
+                        if let Some(s) = self.slab[e.slot as usize].as_mut() {
+                            s.computed = e.ctx;
+                            s.generated = s.max_out;
+                        }
+                    } else {
+                        dec[w] = e;
+                        w += 1;
+                    }
+                    i += 1;
                 }
-                if self_preempted {
+                if i >= n {
                     break;
                 }
             }
-            e.room -= 1;
-            e.ctx += 1;
-            e.remaining -= 1;
-            if e.ctx.wrapping_add(1) == k {
-                crossings += 1;
+            // dec[i] needs a block.
+            if !self.alloc_for_decode(r, i) {
+                break; // it was preempted itself (it was the newest): nothing after it
             }
-            if collect {
-                self.out.decoded.push(e.id);
-            }
-            let rank = &mut self.ranks[r];
-            if e.remaining == 0 {
-                finished += 1;
-                if let Some(s) = self.slab[e.slot as usize].as_mut() {
-                    s.computed = e.ctx;
-                    s.generated = s.max_out;
-                    s.state = St::Decoding;
-                    self.out.finished.push(Finished {
-                        id: s.id,
-                        output_tokens: s.max_out,
-                        reason: FinishReason::Length,
-                    });
-                }
-                // Sums are fixed up below from the slab's `computed` (= e.ctx).
-                rank.done.push(e.slot);
-            } else {
-                rank.dec[w] = e;
-                w += 1;
-            }
-            i += 1;
         }
         let rank = &mut self.ranks[r];
-        // Entries processed in this pass (self-preemption stops at i); the sums, before this
-        // step's increments, describe exactly them.
+        // Entries processed in this pass (a self-preemption stops at i); the sums, before
+        // this step's increments, describe exactly them.
         let n_dec = i as u32;
-        let clipped = rank.unsat_sum + k as u64 * (n_dec - rank.unsat_n.min(n_dec)) as u64;
         let shape = &mut self.shapes[r];
         shape.decode_seqs = n_dec;
         shape.decode_ctx = rank.dec_sum;
-        shape.decode_ctx_clipped = if k == u32::MAX { rank.dec_sum } else { clipped };
+        shape.decode_ctx_clipped = if k == u32::MAX {
+            rank.dec_sum
+        } else {
+            rank.unsat_sum + k as u64 * (n_dec - rank.unsat_n) as u64
+        };
         shape.logits += n_dec;
         // Every processed sequence advanced by one token.
         rank.dec_sum += n_dec as u64;
         rank.unsat_sum += rank.unsat_n as u64;
         rank.unsat_n -= crossings;
         rank.unsat_sum -= crossings as u64 * k as u64;
-        // Remove finished entries from the sums: they sit in dec[w..i] interleaved with moved
-        // copies; collect them by slot from `done` instead.
-        if finished > 0 {
-            let done_from = rank.done.len() - finished as usize;
-            for j in done_from..rank.done.len() {
-                let slot = rank.done[j];
-                if let Some(s) = self.slab[slot as usize].as_ref() {
-                    let ctx = s.computed;
-                    sub_dec(rank, ctx, k);
-                }
+        let finished = rank.done.len() - done_before;
+        for j in done_before..rank.done.len() {
+            let slot = rank.done[j];
+            if let Some(s) = self.slab[slot as usize].as_ref() {
+                sub_dec(rank, s.computed, k);
+                self.out.finished.push(Finished {
+                    id: s.id,
+                    output_tokens: s.max_out,
+                    reason: FinishReason::Length,
+                });
             }
-            self.stats.finished += finished as u64;
         }
+        self.stats.finished += finished as u64;
         rank.dec.truncate(w);
         self.stats.generated_tokens += n_dec as u64;
         self.out.decoded_count += n_dec;
     }
 
+    /// Give `dec[i]` one more block, preempting the newest running sequences as needed.
+    /// False when `dec[i]` itself was preempted.
+    fn alloc_for_decode(&mut self, r: usize, i: usize) -> bool {
+        let k = self.sparse_k;
+        let kv_events = self.cfg.kv_events;
+        let me = self.ranks[r].dec[i];
+        loop {
+            let rank = &mut self.ranks[r];
+            let ev = if kv_events {
+                Some(&mut rank.events)
+            } else {
+                None
+            };
+            if let Some(b) = rank.pool.alloc(ev) {
+                if let Some(s) = self.slab[me.slot as usize].as_mut() {
+                    s.blocks.push(b);
+                }
+                rank.dec[i].room = self.bs;
+                return true;
+            }
+            // Newest running: the tail of `dec` (index >= i) or the newest prefilling one.
+            let dec_tail = rank.dec.last().map(|d| d.order).unwrap_or(0);
+            let pre_tail = rank
+                .prefilling
+                .last()
+                .and_then(|&s| self.slab[s as usize].as_ref())
+                .map(|s| s.order);
+            match pre_tail {
+                Some(o) if o > dec_tail => {
+                    let s = self.ranks[r].prefilling.pop().unwrap_or(0);
+                    self.preempt(r, s);
+                }
+                _ => {
+                    let rank = &mut self.ranks[r];
+                    let Some(d) = rank.dec.pop() else {
+                        return false;
+                    };
+                    sub_dec(rank, d.ctx, k);
+                    if let Some(s) = self.slab[d.slot as usize].as_mut() {
+                        s.computed = d.ctx;
+                        s.generated = s.max_out - d.remaining;
+                    }
+                    self.preempt(r, d.slot);
+                    if d.order == me.order {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
     /// Move a sequence (already out of the running lists, sums fixed) back to waiting.
     fn preempt(&mut self, r: usize, slot: u32) {
-        let Some(seq) = self.slab[slot as usize].as_mut() else { return };
+        let Some(seq) = self.slab[slot as usize].as_mut() else {
+            return;
+        };
         let rank = &mut self.ranks[r];
         for &b in seq.blocks.iter().rev() {
             rank.pool.release(b);
@@ -1144,7 +1231,9 @@ impl Engine {
             if rank.dec.len() + rank.prefilling.len() >= self.cfg.max_num_seqs as usize {
                 break;
             }
-            let Some(&slot) = rank.waiting.front() else { break };
+            let Some(&slot) = rank.waiting.front() else {
+                break;
+            };
             if !self.try_start(r, slot, budget) {
                 break;
             }
@@ -1161,13 +1250,16 @@ impl Engine {
     /// `reserve_full`, its whole lifetime). False (no change) when blocks are short.
     fn try_start(&mut self, r: usize, slot: u32, budget: u64) -> bool {
         let bs = self.bs;
-        let Some(seq) = self.slab[slot as usize].as_ref() else { return false };
+        let Some(seq) = self.slab[slot as usize].as_ref() else {
+            return false;
+        };
         let target = seq.prompt + seq.generated;
         // At least one token must be computed to produce logits.
         let max_hit = ((target - 1) / bs) as usize;
         let rank = &self.ranks[r];
         let (hit, free_hits) = if self.cfg.prefix_caching {
-            rank.pool.lookup(&seq.hashes[..seq.hashes.len().min(max_hit)])
+            rank.pool
+                .lookup(&seq.hashes[..seq.hashes.len().min(max_hit)])
         } else {
             (0, 0)
         };
@@ -1184,12 +1276,18 @@ impl Engine {
         }
         let kv_events = self.cfg.kv_events;
         let rank = &mut self.ranks[r];
-        let Some(seq) = self.slab[slot as usize].as_mut() else { return false };
+        let Some(seq) = self.slab[slot as usize].as_mut() else {
+            return false;
+        };
         for h in &seq.hashes[..hit] {
             seq.blocks.push(rank.pool.acquire_cached(*h));
         }
         for _ in 0..need {
-            let ev = if kv_events { Some(&mut rank.events) } else { None };
+            let ev = if kv_events {
+                Some(&mut rank.events)
+            } else {
+                None
+            };
             match rank.pool.alloc(ev) {
                 Some(b) => seq.blocks.push(b),
                 None => break, // cannot happen: checked above
@@ -1210,7 +1308,14 @@ impl Engine {
     }
 
     /// Run one prefill chunk of `prefilling[idx]`.
-    fn run_chunk(&mut self, r: usize, idx: usize, slot: u32, budget: &mut u64, collect: bool) -> ChunkResult {
+    fn run_chunk(
+        &mut self,
+        r: usize,
+        idx: usize,
+        slot: u32,
+        budget: &mut u64,
+        collect: bool,
+    ) -> ChunkResult {
         let bs = self.bs;
         let k = self.sparse_k;
         let kv_events = self.cfg.kv_events;
@@ -1223,7 +1328,11 @@ impl Engine {
         for _ in 0..need {
             loop {
                 let rank = &mut self.ranks[r];
-                let ev = if kv_events { Some(&mut rank.events) } else { None };
+                let ev = if kv_events {
+                    Some(&mut rank.events)
+                } else {
+                    None
+                };
                 if let Some(b) = rank.pool.alloc(ev) {
                     if let Some(s) = self.slab[slot as usize].as_mut() {
                         s.blocks.push(b);
@@ -1245,11 +1354,18 @@ impl Engine {
         *budget -= c as u64;
         self.stats.prefill_tokens += c as u64;
         let rank = &mut self.ranks[r];
-        let Some(seq) = self.slab[slot as usize].as_mut() else { return ChunkResult::Stop };
+        let Some(seq) = self.slab[slot as usize].as_mut() else {
+            return ChunkResult::Stop;
+        };
         seq.computed += c;
         if self.cfg.prefix_caching {
             let full = (seq.computed / bs).min(seq.hashes.len() as u32);
-            register_blocks(&mut rank.pool, seq, full, kv_events.then_some(&mut rank.events));
+            register_blocks(
+                &mut rank.pool,
+                seq,
+                full,
+                kv_events.then_some(&mut rank.events),
+            );
         }
         if !completes {
             return ChunkResult::Kept;
@@ -1309,7 +1425,12 @@ enum ChunkResult {
 
 /// Register newly full prompt blocks `seq.registered..full` in the prefix cache and record a
 /// `Stored` event per run of newly cached blocks.
-fn register_blocks(pool: &mut BlockPool, seq: &mut Seq, full: u32, mut events: Option<&mut Vec<KvEvent>>) {
+fn register_blocks(
+    pool: &mut BlockPool,
+    seq: &mut Seq,
+    full: u32,
+    mut events: Option<&mut Vec<KvEvent>>,
+) {
     let mut run: Vec<BlockHash> = Vec::new();
     let mut parent: Option<BlockHash> = None;
     for j in seq.registered..full {
@@ -1319,7 +1440,11 @@ fn register_blocks(pool: &mut BlockPool, seq: &mut Seq, full: u32, mut events: O
         if let Some(ev) = events.as_deref_mut() {
             if fresh {
                 if run.is_empty() {
-                    parent = if j == 0 { None } else { Some(seq.hashes[j - 1]) };
+                    parent = if j == 0 {
+                        None
+                    } else {
+                        Some(seq.hashes[j - 1])
+                    };
                 }
                 run.push(h);
             } else if !run.is_empty() {
@@ -1333,7 +1458,10 @@ fn register_blocks(pool: &mut BlockPool, seq: &mut Seq, full: u32, mut events: O
     if let Some(ev) = events
         && !run.is_empty()
     {
-        ev.push(KvEvent::Stored { parent, blocks: run });
+        ev.push(KvEvent::Stored {
+            parent,
+            blocks: run,
+        });
     }
     seq.registered = seq.registered.max(full);
 }

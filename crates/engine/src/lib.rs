@@ -16,10 +16,10 @@ pub use config::{EngineConfig, KvDtype, Role, WeightDtype};
 pub use error::EngineError;
 pub use perf::{BatchShape, PerfModel};
 
-pub mod closed_loop;
 mod blocks;
+pub mod closed_loop;
 mod engine;
 pub use engine::{
-    Advance, AdmitInfo, Engine, EngineLoad, EngineStats, Finished, FinishReason, KvReserved, RankedKvEvent,
-    Request, StepOutcome,
+    AdmitInfo, Advance, Engine, EngineLoad, EngineStats, FinishReason, Finished, KvReserved,
+    RankedKvEvent, Request, StepOutcome,
 };

@@ -53,7 +53,11 @@ impl ParamCounts {
             if let Some(d) = &m.dsa {
                 let ih = d.index_heads as f64;
                 let id = d.index_head_dim as f64;
-                let q_in = if a.q_lora_rank > 0 { a.q_lora_rank as f64 } else { h };
+                let q_in = if a.q_lora_rank > 0 {
+                    a.q_lora_rank as f64
+                } else {
+                    h
+                };
                 attn_layer += q_in * ih * id + h * id + h * ih;
             }
         }
@@ -75,15 +79,20 @@ impl ParamCounts {
             p.per_expert = 3.0 * h * e.expert_intermediate as f64;
             p.routed = p.per_expert * e.experts as f64 * moe_layers as f64;
             p.active_routed = p.per_expert * e.top_k as f64 * moe_layers as f64;
-            p.shared_ffn = (p.per_expert * e.shared_experts as f64 + h * e.experts as f64)
-                * moe_layers as f64;
+            p.shared_ffn =
+                (p.per_expert * e.shared_experts as f64 + h * e.experts as f64) * moe_layers as f64;
         }
         p
     }
 
     /// All parameters (embedding counted once if tied).
     pub fn total(&self) -> f64 {
-        self.embedding + self.lm_head + self.attention + self.dense_ffn + self.shared_ffn + self.routed
+        self.embedding
+            + self.lm_head
+            + self.attention
+            + self.dense_ffn
+            + self.shared_ffn
+            + self.routed
     }
 
     /// Parameters touched per token (MoE: only the top-k routed experts), embeddings included.
@@ -109,7 +118,9 @@ pub fn kv_bytes_per_token(m: &ModelSpec, kv: KvDtype) -> u64 {
             KvDtype::Bf16 => (a.kv_lora_rank + a.qk_rope_dim) as u64 * 2,
             // vLLM's fp8_ds_mla layout: FP8 latent, one f32 scale per 128 values, BF16 RoPE part.
             KvDtype::Fp8 => {
-                a.kv_lora_rank as u64 + (a.kv_lora_rank as u64).div_ceil(128) * 4 + a.qk_rope_dim as u64 * 2
+                a.kv_lora_rank as u64
+                    + (a.kv_lora_rank as u64).div_ceil(128) * 4
+                    + a.qk_rope_dim as u64 * 2
             }
         };
     }
@@ -188,7 +199,12 @@ pub fn activation_bytes_per_gpu(m: &ModelSpec, cfg: &EngineConfig) -> f64 {
 }
 
 /// The per-GPU memory plan (does not validate; see [`crate::Engine::new`]).
-pub fn memory_plan(gpu: &GpuSpec, m: &ModelSpec, cfg: &EngineConfig, reserve_gib: f64) -> MemoryPlan {
+pub fn memory_plan(
+    gpu: &GpuSpec,
+    m: &ModelSpec,
+    cfg: &EngineConfig,
+    reserve_gib: f64,
+) -> MemoryPlan {
     let p = ParamCounts::of(m);
     let device_bytes = gpu.memory_gib * GIB;
     let budget_bytes = device_bytes * cfg.memory_fraction;
@@ -245,14 +261,32 @@ mod tests {
     fn kv_bytes_per_token_match_hand_computation() {
         let c = Catalog::builtin().unwrap();
         // 64 layers x 2 (K,V) x 8 heads x 128 x 2 B.
-        assert_eq!(kv_bytes_per_token(c.model("Qwen3-32B").unwrap(), KvDtype::Bf16), 262_144);
-        assert_eq!(kv_bytes_per_token(c.model("llama-3.1-8b").unwrap(), KvDtype::Fp8), 65_536);
-        assert_eq!(kv_bytes_per_token(c.model("Llama-3.1-70B").unwrap(), KvDtype::Bf16), 327_680);
+        assert_eq!(
+            kv_bytes_per_token(c.model("Qwen3-32B").unwrap(), KvDtype::Bf16),
+            262_144
+        );
+        assert_eq!(
+            kv_bytes_per_token(c.model("llama-3.1-8b").unwrap(), KvDtype::Fp8),
+            65_536
+        );
+        assert_eq!(
+            kv_bytes_per_token(c.model("Llama-3.1-70B").unwrap(), KvDtype::Bf16),
+            327_680
+        );
         // 61 x 576 x 2 B and 61 x 656 B (fp8_ds_mla).
-        assert_eq!(kv_bytes_per_token(c.model("DeepSeek-V3").unwrap(), KvDtype::Bf16), 70_272);
-        assert_eq!(kv_bytes_per_token(c.model("DeepSeek-V3").unwrap(), KvDtype::Fp8), 40_016);
+        assert_eq!(
+            kv_bytes_per_token(c.model("DeepSeek-V3").unwrap(), KvDtype::Bf16),
+            70_272
+        );
+        assert_eq!(
+            kv_bytes_per_token(c.model("DeepSeek-V3").unwrap(), KvDtype::Fp8),
+            40_016
+        );
         // V3.2 adds 61 x 132 B of indexer keys.
-        assert_eq!(kv_bytes_per_token(c.model("DeepSeek-V3.2").unwrap(), KvDtype::Bf16), 70_272 + 8_052);
+        assert_eq!(
+            kv_bytes_per_token(c.model("DeepSeek-V3.2").unwrap(), KvDtype::Bf16),
+            70_272 + 8_052
+        );
         // GQA shards over TP down to one KV head per GPU; MLA does not shard.
         let q = c.model("Qwen3-32B").unwrap();
         assert_eq!(kv_bytes_per_token_per_gpu(q, KvDtype::Bf16, 2), 131_072);

@@ -6,7 +6,7 @@
 //! O(DP ranks) overall.
 
 use crate::catalog::{EngineProfile, GpuSpec, ModelSpec};
-use crate::config::{EngineConfig, WeightDtype};
+use crate::config::EngineConfig;
 use crate::model::{ParamCounts, indexer_bytes_per_token, kv_bytes_per_token_per_gpu};
 
 /// What one scheduler (DP rank) runs in one step, as sums over its requests.
@@ -73,8 +73,9 @@ pub fn clipped_pairs(p: u64, c: u64, k: u64) -> f64 {
 struct Linear {
     flops_per_token: f64,
     weight_bytes: f64,
-    /// Achieved FLOP/s (peak × GEMM efficiency).
-    flops_rate: f64,
+    /// 1 / achieved FLOP/s (peak × GEMM efficiency); reciprocals keep the hot path free of
+    /// divisions.
+    inv_flops_rate: f64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -89,8 +90,8 @@ struct Moe {
     /// Bytes of one expert's weights.
     expert_bytes: f64,
     gpus: f64,
-    flops_rate: f64,
-    mem_rate: f64,
+    inv_flops_rate: f64,
+    inv_mem_rate: f64,
     /// Per MoE layer: fixed collective latency (s) and seconds per token of the whole worker.
     comm_latency: f64,
     comm_per_token: f64,
@@ -116,9 +117,9 @@ pub struct PerfModel {
     indexer_read_per_token: f64,
     /// KV bytes written per computed token, one GPU.
     kv_write_per_token: f64,
-    attn_rate: f64,
-    fp8_attn_rate: f64,
-    mem_rate: f64,
+    inv_attn_rate: f64,
+    inv_fp8_attn_rate: f64,
+    inv_mem_rate: f64,
     moe: Option<Moe>,
     /// Tensor-parallel all-reduce: number per step, latency each, seconds per token.
     allreduce_count: f64,
@@ -129,8 +130,9 @@ pub struct PerfModel {
     per_prefill: f64,
 }
 
-fn roof(flops: f64, flops_rate: f64, bytes: f64, mem_rate: f64) -> f64 {
-    (flops / flops_rate).max(bytes / mem_rate)
+/// Roofline with reciprocal rates: max(FLOPs / FLOP rate, bytes / byte rate).
+fn roof(flops: f64, inv_flops_rate: f64, bytes: f64, inv_mem_rate: f64) -> f64 {
+    (flops * inv_flops_rate).max(bytes * inv_mem_rate)
 }
 
 /// Peak FLOP/s for GEMMs with weights of this precision (FP4 without FP4 tensor cores runs
@@ -149,7 +151,12 @@ fn gemm_peak(gpu: &GpuSpec, bytes_per_param: f64) -> f64 {
 }
 
 impl PerfModel {
-    pub fn new(gpu: &GpuSpec, m: &ModelSpec, cfg: &EngineConfig, prof: &EngineProfile) -> PerfModel {
+    pub fn new(
+        gpu: &GpuSpec,
+        m: &ModelSpec,
+        cfg: &EngineConfig,
+        prof: &EngineProfile,
+    ) -> PerfModel {
         let p = ParamCounts::of(m);
         let tp = cfg.tp.max(1) as f64;
         let g = cfg.gpus().max(1) as f64;
@@ -162,52 +169,61 @@ impl PerfModel {
         let attn_proj = Linear {
             flops_per_token: 2.0 * p.attention / tp,
             weight_bytes: p.attention * w.attn_bytes() / tp,
-            flops_rate: gemm_peak(gpu, w.attn_bytes()) * eff,
+            inv_flops_rate: 1.0 / (gemm_peak(gpu, w.attn_bytes()) * eff),
         };
         let dense_ffn = Linear {
             flops_per_token: 2.0 * (p.dense_ffn + p.shared_ffn) / tp,
             weight_bytes: (p.dense_ffn + p.shared_ffn) * w.ffn_bytes() / tp,
-            flops_rate: gemm_peak(gpu, w.ffn_bytes()) * eff,
+            inv_flops_rate: 1.0 / (gemm_peak(gpu, w.ffn_bytes()) * eff),
         };
-        let lm = if m.tie_embeddings { p.embedding } else { p.lm_head };
+        let lm = if m.tie_embeddings {
+            p.embedding
+        } else {
+            p.lm_head
+        };
         let lm_head = Linear {
             flops_per_token: 2.0 * lm / tp,
             weight_bytes: lm * 2.0 / tp,
-            flops_rate: gpu.bf16_tflops * 1e12 * eff,
+            inv_flops_rate: 1.0 / (gpu.bf16_tflops * 1e12 * eff),
         };
 
         // Attention core. 2 FLOPs per multiply-add; QK^T and PV per (query, key) pair.
-        let (decode_pair_flops, prefill_pair_flops, sparse, indexer_pair_flops) = match (&m.gqa, &m.mla) {
-            (Some(a), _) => {
-                let f = 4.0 * l * (a.q_heads as f64 / tp) * a.head_dim as f64;
-                (f, f, false, 0.0)
-            }
-            (_, Some(a)) => {
-                let heads = a.heads as f64 / tp;
-                // Decode runs absorbed MLA: scores over the 576-wide latent+rope, output over
-                // the 512-wide latent.
-                let absorbed =
-                    2.0 * l * heads * ((a.kv_lora_rank + a.qk_rope_dim) as f64 + a.kv_lora_rank as f64);
-                match &m.dsa {
-                    // V3.2 prefill also runs the sparse absorbed kernel; the indexer scores
-                    // every (query, key) pair in FP8.
-                    Some(d) => (
-                        absorbed,
-                        absorbed,
-                        true,
-                        2.0 * l * d.index_heads as f64 * d.index_head_dim as f64,
-                    ),
-                    // Dense prefill runs un-absorbed MHA: qk 192, v 128 per head.
-                    None => (
-                        absorbed,
-                        2.0 * l * heads * ((a.qk_nope_dim + a.qk_rope_dim) as f64 + a.v_head_dim as f64),
-                        false,
-                        0.0,
-                    ),
+        let (decode_pair_flops, prefill_pair_flops, sparse, indexer_pair_flops) =
+            match (&m.gqa, &m.mla) {
+                (Some(a), _) => {
+                    let f = 4.0 * l * (a.q_heads as f64 / tp) * a.head_dim as f64;
+                    (f, f, false, 0.0)
                 }
-            }
-            _ => (0.0, 0.0, false, 0.0),
-        };
+                (_, Some(a)) => {
+                    let heads = a.heads as f64 / tp;
+                    // Decode runs absorbed MLA: scores over the 576-wide latent+rope, output over
+                    // the 512-wide latent.
+                    let absorbed = 2.0
+                        * l
+                        * heads
+                        * ((a.kv_lora_rank + a.qk_rope_dim) as f64 + a.kv_lora_rank as f64);
+                    match &m.dsa {
+                        // V3.2 prefill also runs the sparse absorbed kernel; the indexer scores
+                        // every (query, key) pair in FP8.
+                        Some(d) => (
+                            absorbed,
+                            absorbed,
+                            true,
+                            2.0 * l * d.index_heads as f64 * d.index_head_dim as f64,
+                        ),
+                        // Dense prefill runs un-absorbed MHA: qk 192, v 128 per head.
+                        None => (
+                            absorbed,
+                            2.0 * l
+                                * heads
+                                * ((a.qk_nope_dim + a.qk_rope_dim) as f64 + a.v_head_dim as f64),
+                            false,
+                            0.0,
+                        ),
+                    }
+                }
+                _ => (0.0, 0.0, false, 0.0),
+            };
         let kv_gpu = kv_bytes_per_token_per_gpu(m, cfg.kv_dtype, cfg.tp) as f64;
         let idx = indexer_bytes_per_token(m) as f64;
         let kv_read_per_token = kv_gpu - idx;
@@ -260,8 +276,8 @@ impl PerfModel {
                 flops_per_token_expert: 2.0 * p.per_expert,
                 expert_bytes: p.per_expert * w.ffn_bytes(),
                 gpus: g,
-                flops_rate: gemm_peak(gpu, w.ffn_bytes()) * eff * prof.moe_efficiency,
-                mem_rate: mem_rate * prof.moe_efficiency,
+                inv_flops_rate: 1.0 / (gemm_peak(gpu, w.ffn_bytes()) * eff * prof.moe_efficiency),
+                inv_mem_rate: 1.0 / (mem_rate * prof.moe_efficiency),
                 comm_latency: lat,
                 comm_per_token: per_tok,
                 comm_exposed: exposed,
@@ -269,7 +285,6 @@ impl PerfModel {
         });
         let attn_rate = gpu.bf16_tflops * 1e12 * prof.attention_efficiency;
         let fp8_attn_rate = gpu.fp8_tflops * 1e12 * prof.attention_efficiency;
-        let _ = WeightDtype::Bf16;
         PerfModel {
             attn_proj,
             dense_ffn,
@@ -281,9 +296,9 @@ impl PerfModel {
             kv_read_per_token,
             indexer_read_per_token: idx,
             kv_write_per_token: kv_gpu,
-            attn_rate,
-            fp8_attn_rate,
-            mem_rate,
+            inv_attn_rate: 1.0 / attn_rate,
+            inv_fp8_attn_rate: 1.0 / fp8_attn_rate,
+            inv_mem_rate: 1.0 / mem_rate,
             moe,
             allreduce_count,
             allreduce_latency: prof.allreduce_latency_us * 1e-6,
@@ -295,7 +310,12 @@ impl PerfModel {
     }
 
     fn linear(&self, c: &Linear, tokens: f64) -> f64 {
-        roof(c.flops_per_token * tokens, c.flops_rate, c.weight_bytes, self.mem_rate)
+        roof(
+            c.flops_per_token * tokens,
+            c.inv_flops_rate,
+            c.weight_bytes,
+            self.inv_mem_rate,
+        )
     }
 
     /// Time of the per-rank (non-MoE) part of a step for one DP rank, seconds.
@@ -322,9 +342,9 @@ impl PerfModel {
                     self.kv_read_per_token * b.decode_ctx as f64,
                 )
             };
-            s += roof(flops, self.attn_rate, bytes, self.mem_rate);
+            s += roof(flops, self.inv_attn_rate, bytes, self.inv_mem_rate);
             if self.sparse {
-                s += self.indexer_pair_flops * b.decode_ctx as f64 / self.fp8_attn_rate;
+                s += self.indexer_pair_flops * b.decode_ctx as f64 * self.inv_fp8_attn_rate;
             }
         }
         // Prefill attention: compute-bound over the causal (query, key) pairs.
@@ -334,15 +354,22 @@ impl PerfModel {
             } else {
                 b.prefill_pairs
             };
-            let bytes = (self.kv_read_per_token + self.indexer_read_per_token) * b.prefill_kv_tokens as f64;
-            s += roof(self.prefill_pair_flops * pairs, self.attn_rate, bytes, self.mem_rate);
+            let bytes =
+                (self.kv_read_per_token + self.indexer_read_per_token) * b.prefill_kv_tokens as f64;
+            s += roof(
+                self.prefill_pair_flops * pairs,
+                self.inv_attn_rate,
+                bytes,
+                self.inv_mem_rate,
+            );
             if self.sparse {
-                s += self.indexer_pair_flops * b.prefill_pairs / self.fp8_attn_rate;
+                s += self.indexer_pair_flops * b.prefill_pairs * self.inv_fp8_attn_rate;
             }
         }
-        s += self.kv_write_per_token * t / self.mem_rate;
+        s += self.kv_write_per_token * t * self.inv_mem_rate;
         s += self.allreduce_count * (self.allreduce_latency + self.allreduce_per_token * t);
-        s += self.per_seq * (b.decode_seqs + b.prefill_chunks) as f64 + self.per_prefill * b.prefill_chunks as f64;
+        s += self.per_seq * (b.decode_seqs + b.prefill_chunks) as f64
+            + self.per_prefill * b.prefill_chunks as f64;
         s
     }
 
@@ -356,7 +383,7 @@ impl PerfModel {
         let touched = e.experts * (1.0 - (tokens * e.ln_keep).exp());
         let flops = e.flops_per_token_expert * e.top_k * tokens / e.gpus;
         let bytes = touched * e.expert_bytes / e.gpus;
-        let per_layer = roof(flops, e.flops_rate, bytes, e.mem_rate)
+        let per_layer = roof(flops, e.inv_flops_rate, bytes, e.inv_mem_rate)
             + e.comm_exposed * (e.comm_latency + e.comm_per_token * tokens);
         e.layers * per_layer
     }
@@ -380,8 +407,13 @@ impl PerfModel {
 mod tests {
     use super::*;
     use crate::catalog::Catalog;
+    use crate::config::WeightDtype;
 
-    fn model_for(gpu: &str, model: &str, f: impl FnOnce(&mut EngineConfig)) -> (PerfModel, EngineProfile) {
+    fn model_for(
+        gpu: &str,
+        model: &str,
+        f: impl FnOnce(&mut EngineConfig),
+    ) -> (PerfModel, EngineProfile) {
         let c = Catalog::builtin().unwrap();
         let mut cfg = EngineConfig {
             gpu: gpu.into(),
@@ -398,7 +430,14 @@ mod tests {
 
     #[test]
     fn clipped_pairs_closed_form_matches_loop() {
-        for (p, c, k) in [(0, 10, 4), (3, 10, 4), (5, 3, 4), (0, 3, 100), (100, 50, 120), (7, 1, 7)] {
+        for (p, c, k) in [
+            (0, 10, 4),
+            (3, 10, 4),
+            (5, 3, 4),
+            (0, 3, 100),
+            (100, 50, 120),
+            (7, 1, 7),
+        ] {
             let brute: u64 = (p + 1..=p + c).map(|t| t.min(k)).sum();
             assert_eq!(clipped_pairs(p, c, k), brute as f64, "p={p} c={c} k={k}");
         }
@@ -424,10 +463,8 @@ mod tests {
         let weights = (attn + mlp + head) * 2.0 / bw;
         // KV: 1000 tokens x 128 KiB read, 1 token written.
         let kv = 1001.0 * 131072.0 / bw;
-        let expect = weights
-            + kv
-            + prof.per_sequence_overhead_us * 1e-6
-            + prof.step_overhead_us * 1e-6;
+        let expect =
+            weights + kv + prof.per_sequence_overhead_us * 1e-6 + prof.step_overhead_us * 1e-6;
         let got = pm.step_time(&[b]);
         assert!((got - expect).abs() < 1e-9, "got {got} expected {expect}");
     }
@@ -445,7 +482,8 @@ mod tests {
         let mlp_p = 32.0 * 3.0 * 4096.0 * 14336.0;
         let bw = 3.35e12 * prof.memory_efficiency;
         let head = (2.0 * 128256.0 * 4096.0 / gemm).max(128256.0 * 4096.0 * 2.0 / bw);
-        let attn_core = 4.0 * 32.0 * 32.0 * 128.0 * b.prefill_pairs / (989e12 * prof.attention_efficiency);
+        let attn_core =
+            4.0 * 32.0 * 32.0 * 128.0 * b.prefill_pairs / (989e12 * prof.attention_efficiency);
         let kv_read = (2048.0 * 131072.0 / bw).max(0.0);
         let attn_core = attn_core.max(kv_read);
         let write = 2048.0 * 131072.0 / bw;
@@ -454,7 +492,10 @@ mod tests {
             + head
             + attn_core
             + write
-            + (prof.per_sequence_overhead_us + prof.per_prefill_overhead_us + prof.step_overhead_us) * 1e-6;
+            + (prof.per_sequence_overhead_us
+                + prof.per_prefill_overhead_us
+                + prof.step_overhead_us)
+                * 1e-6;
         let got = pm.step_time(&[b]);
         assert!((got - expect).abs() < 1e-9, "got {got} expected {expect}");
     }
@@ -473,7 +514,8 @@ mod tests {
         let t1 = p1.step_time(&[b]);
         let t2 = p2.step_time(&[b]);
         // 128 all-reduces of one token: latency-dominated.
-        let ar = 128.0 * (prof.allreduce_latency_us * 1e-6 + 5120.0 * 2.0 / (450e9 * prof.link_efficiency));
+        let ar = 128.0
+            * (prof.allreduce_latency_us * 1e-6 + 5120.0 * 2.0 / (450e9 * prof.link_efficiency));
         let fixed = (prof.step_overhead_us + prof.per_sequence_overhead_us) * 1e-6;
         let rel = ((t2 - fixed - ar) - (t1 - fixed) / 2.0).abs() / ((t1 - fixed) / 2.0);
         assert!(rel < 0.01, "t1={t1} t2={t2} ar={ar}");

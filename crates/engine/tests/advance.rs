@@ -2,7 +2,9 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use switchyard_engine::{Catalog, Engine, EngineConfig, KvDtype, Request, StepOutcome, WeightDtype};
+use switchyard_engine::{
+    Catalog, Engine, EngineConfig, KvDtype, Request, StepOutcome, WeightDtype,
+};
 
 #[derive(Clone)]
 struct Arrival {
@@ -22,7 +24,13 @@ fn workload(seed: u64, n: usize, bs: u32, dp: u32) -> Vec<Arrival> {
             let full = (prompt / bs) as usize;
             let shared = rng.random_range(0..=full);
             let hashes = (0..full)
-                .map(|j| if j < shared { family * 1_000_000 + j as u64 } else { (i as u64 + 1) << 32 | j as u64 })
+                .map(|j| {
+                    if j < shared {
+                        family * 1_000_000 + j as u64
+                    } else {
+                        (i as u64 + 1) << 32 | j as u64
+                    }
+                })
                 .collect();
             Arrival {
                 t,
@@ -31,7 +39,11 @@ fn workload(seed: u64, n: usize, bs: u32, dp: u32) -> Vec<Arrival> {
                     prompt_tokens: prompt,
                     block_hashes: hashes,
                     max_output_tokens: rng.random_range(1..400),
-                    dp_rank: if dp > 1 && rng.random_bool(0.3) { Some(rng.random_range(0..dp)) } else { None },
+                    dp_rank: if dp > 1 && rng.random_bool(0.3) {
+                        Some(rng.random_range(0..dp))
+                    } else {
+                        None
+                    },
                 },
             }
         })
@@ -53,7 +65,8 @@ fn by_steps(mut e: Engine, arrivals: &[Arrival]) -> (Vec<StepOutcome>, Engine) {
     loop {
         let start = now.max(e.busy_until());
         while next < arrivals.len() && arrivals[next].t <= start {
-            e.admit(arrivals[next].req.clone(), arrivals[next].t).unwrap();
+            e.admit(arrivals[next].req.clone(), arrivals[next].t)
+                .unwrap();
             next += 1;
         }
         let o = e.step(start);
@@ -94,7 +107,8 @@ fn by_advance(mut e: Engine, arrivals: &[Arrival]) -> (Vec<StepOutcome>, Engine)
         now = if adv.idle { arrivals[next].t } else { adv.time };
         let start = now.max(e.busy_until());
         while next < arrivals.len() && arrivals[next].t <= start {
-            e.admit(arrivals[next].req.clone(), arrivals[next].t).unwrap();
+            e.admit(arrivals[next].req.clone(), arrivals[next].t)
+                .unwrap();
             next += 1;
         }
     }

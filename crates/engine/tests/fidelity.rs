@@ -29,8 +29,15 @@ fn measure(c: &EngineConfig, w: ClosedLoop) -> ClosedLoopResult {
 
 fn within(what: &str, model: f64, reference: f64) {
     let err = model / reference - 1.0;
-    println!("{what}: model {model:.3} vs reference {reference:.3} ({:+.1}%)", err * 100.0);
-    assert!(err.abs() <= TOL, "{what}: model {model:.4} vs reference {reference:.4} ({:+.1}%)", err * 100.0);
+    println!(
+        "{what}: model {model:.3} vs reference {reference:.3} ({:+.1}%)",
+        err * 100.0
+    );
+    assert!(
+        err.abs() <= TOL,
+        "{what}: model {model:.4} vs reference {reference:.4} ({:+.1}%)",
+        err * 100.0
+    );
 }
 
 /// Qwen3-32B BF16, H100 TP2, vLLM 0.12, 1024/1024, 32 concurrent: TTFT 236.8 ms, TPOT 20.06 ms.
@@ -69,17 +76,29 @@ fn trtllm_max_throughput(gpu: &str, model: &str) -> f64 {
 /// TensorRT-LLM max throughput, 1000/1000, Llama-3.1-8B FP8 on one H100: 15,220 output tok/s.
 #[test]
 fn llama_8b_h100_trtllm_throughput() {
-    within("output tok/s", trtllm_max_throughput("H100-SXM", "Llama-3.1-8B"), 15_220.0);
+    within(
+        "output tok/s",
+        trtllm_max_throughput("H100-SXM", "Llama-3.1-8B"),
+        15_220.0,
+    );
 }
 
 /// Same on one H200: 17,744 output tok/s.
 #[test]
 fn llama_8b_h200_trtllm_throughput() {
-    within("output tok/s", trtllm_max_throughput("H200", "Llama-3.1-8B"), 17_744.0);
+    within(
+        "output tok/s",
+        trtllm_max_throughput("H200", "Llama-3.1-8B"),
+        17_744.0,
+    );
 }
 
 /// Llama-3.3-70B (Llama-3.1-70B shape) FP8 on one H200: 2,909 output tok/s.
 #[test]
 fn llama_70b_h200_trtllm_throughput() {
-    within("output tok/s", trtllm_max_throughput("H200", "Llama-3.1-70B"), 2_909.0);
+    within(
+        "output tok/s",
+        trtllm_max_throughput("H200", "Llama-3.1-70B"),
+        2_909.0,
+    );
 }

@@ -1,8 +1,8 @@
 //! Scheduler, block manager and prefix cache: small cases with hand-computed expectations.
 
 use switchyard_engine::{
-    BatchShape, Catalog, Engine, EngineConfig, EngineError, FinishReason, KvDtype, Request, Role, StepOutcome,
-    WeightDtype,
+    BatchShape, Catalog, Engine, EngineConfig, EngineError, FinishReason, KvDtype, Request, Role,
+    StepOutcome, WeightDtype,
 };
 use switchyard_kv::KvEvent;
 
@@ -48,7 +48,10 @@ fn chunk_shape(p: u64, c: u64, completes: bool) -> BatchShape {
 
 /// Durations come back as `end - start`, which rounds; compare within an ulp or two.
 fn assert_close(got: f64, want: f64) {
-    assert!((got - want).abs() <= 1e-12 * want.abs().max(1e-9), "got {got}, want {want}");
+    assert!(
+        (got - want).abs() <= 1e-12 * want.abs().max(1e-9),
+        "got {got}, want {want}"
+    );
 }
 
 fn events(o: &StepOutcome) -> Vec<KvEvent> {
@@ -111,7 +114,10 @@ fn chunked_prefill_respects_the_token_budget() {
     let o2 = e.step(o1.end);
     assert_eq!(o2.scheduled_tokens, 1024);
     assert!(o2.started.is_empty());
-    assert_close(o2.duration(), e.step_time(&[chunk_shape(1024, 1024, false)]));
+    assert_close(
+        o2.duration(),
+        e.step_time(&[chunk_shape(1024, 1024, false)]),
+    );
     // Last 452 tokens, then request 2 starts with the remaining 572 tokens of budget.
     let o3 = e.step(o2.end);
     assert_eq!(o3.first_tokens, vec![1, 2]);
@@ -151,7 +157,10 @@ fn prefix_cache_hits_and_events() {
     let mut shape = decode_shape(1, 81);
     shape.add_chunk(48, 16, u64::MAX, true);
     assert_close(o.duration(), e.step_time(&[shape]));
-    assert!(events(&o).is_empty(), "block 4 is already cached: no new Stored event");
+    assert!(
+        events(&o).is_empty(),
+        "block 4 is already cached: no new Stored event"
+    );
     assert_eq!(e.stats().cached_prompt_tokens, 96);
 }
 
@@ -164,12 +173,15 @@ fn lru_eviction_emits_removed_in_order() {
     let o = e.step(o.end); // decode: block 4 (private)
     assert_eq!(o.finished.len(), 1);
     // Free queue now: 5 6 7 | 4 3 2 1 0 (a request's blocks are freed tail first).
-    e.admit(req(2, 112, &[20, 21, 22, 23, 24, 25, 26], 2), o.end).unwrap();
+    e.admit(req(2, 112, &[20, 21, 22, 23, 24, 25, 26], 2), o.end)
+        .unwrap();
     let o = e.step(o.end);
     assert_eq!(
         events(&o),
         vec![
-            KvEvent::Removed { blocks: vec![4, 3, 2] },
+            KvEvent::Removed {
+                blocks: vec![4, 3, 2]
+            },
             KvEvent::Stored {
                 parent: None,
                 blocks: vec![20, 21, 22, 23, 24, 25, 26]
@@ -206,7 +218,11 @@ fn preemption_recomputes_the_newest() {
     // step emits its 18th token) and finishes two decodes later.
     assert_eq!(
         log,
-        vec![(18, "preempt", 2, 0), (20, "finish", 1, 20), (23, "finish", 2, 20)]
+        vec![
+            (18, "preempt", 2, 0),
+            (20, "finish", 1, 20),
+            (23, "finish", 2, 20)
+        ]
     );
     assert_eq!(e.stats().preemptions, 1);
     assert_eq!(e.stats().generated_tokens, 40);
@@ -224,7 +240,10 @@ fn bad_input_is_rejected_with_reasons() {
     )
     .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("unknown GPU 'A100'") && msg.contains("H100-SXM") && msg.contains("GB200"), "{msg}");
+    assert!(
+        msg.contains("unknown GPU 'A100'") && msg.contains("H100-SXM") && msg.contains("GB200"),
+        "{msg}"
+    );
     let msg = Engine::new(
         &cat,
         &EngineConfig {
@@ -234,7 +253,10 @@ fn bad_input_is_rejected_with_reasons() {
     )
     .unwrap_err()
     .to_string();
-    assert!(msg.contains("Qwen3-32B") && msg.contains("DeepSeek-V3.2"), "{msg}");
+    assert!(
+        msg.contains("Qwen3-32B") && msg.contains("DeepSeek-V3.2"),
+        "{msg}"
+    );
     // 70B BF16 (141 GB of weights) on one 80 GB H100.
     let err = Engine::new(
         &cat,
@@ -255,7 +277,11 @@ fn bad_input_is_rejected_with_reasons() {
         },
     )
     .unwrap_err();
-    assert!(err.to_string().contains("TP3 does not divide Qwen3-32B's 64 query heads"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("TP3 does not divide Qwen3-32B's 64 query heads"),
+        "{err}"
+    );
     let err = Engine::new(
         &cat,
         &EngineConfig {
@@ -279,20 +305,30 @@ fn bad_input_is_rejected_with_reasons() {
     assert!(err.to_string().contains("dense model"), "{err}");
     // Unknown keys in a deployment file are errors.
     assert!(toml::from_str::<EngineConfig>("gpu = \"H200\"\ntpp = 2\n").is_err());
-    let cfg: EngineConfig = toml::from_str("gpu = \"H200\"\ntp = 2\nrole = \"decode\"\nkv_dtype = \"fp8\"\n").unwrap();
-    assert_eq!((cfg.tp, cfg.role, cfg.kv_dtype, cfg.max_num_seqs), (2, Role::Decode, KvDtype::Fp8, 256));
+    let cfg: EngineConfig =
+        toml::from_str("gpu = \"H200\"\ntp = 2\nrole = \"decode\"\nkv_dtype = \"fp8\"\n").unwrap();
+    assert_eq!(
+        (cfg.tp, cfg.role, cfg.kv_dtype, cfg.max_num_seqs),
+        (2, Role::Decode, KvDtype::Fp8, 256)
+    );
 
     let mut e = llama8b(|c| {
         c.max_model_len = Some(4096);
         c.num_gpu_blocks_override = Some(100);
     });
     let err = e.admit(req(1, 4000, &[], 200), 0.0).unwrap_err();
-    assert!(err.to_string().contains("exceeds the context length 4096"), "{err}");
+    assert!(
+        err.to_string().contains("exceeds the context length 4096"),
+        "{err}"
+    );
     let err = e.admit(req(2, 1600, &[], 10), 0.0).unwrap_err();
     assert!(err.to_string().contains("needs 101 KV blocks"), "{err}");
     assert!(e.admit(req(3, 1500, &[], 10), 0.0).is_ok());
     assert!(e.admit(req(3, 10, &[], 10), 0.0).is_err(), "duplicate id");
-    assert!(e.admit(req(4, 20, &[1, 2], 10), 0.0).is_err(), "two hashes for one full block");
+    assert!(
+        e.admit(req(4, 20, &[1, 2], 10), 0.0).is_err(),
+        "two hashes for one full block"
+    );
 }
 
 #[test]
