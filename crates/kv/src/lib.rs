@@ -9,17 +9,20 @@
 //!   blocks of this request does each worker hold".
 //! * [`approx`]: the approximate index (the router's own routing decisions as predicted cache
 //!   contents, with TTL and per-worker LRU capacity) and [`KvIndexer`], which combines both.
+//! * [`translate`]: engine-hash -> router-hash translation for live engines' events.
 
 pub mod approx;
 mod error;
 pub mod hash;
 pub mod index;
 mod table;
+pub mod translate;
 
 pub use approx::{ApproxConfig, ApproxIndex, IndexMode, KvIndexer};
 pub use error::KvError;
 pub use hash::{BlockHasher, TraceBlockMapper};
 pub use index::{IndexCounters, Overlaps, PrefixIndex, WorkerId, WorkerKey};
+pub use translate::{EngineHashTranslator, TranslateIssue};
 
 /// A chained block hash: it names the block's tokens *and* its whole prefix, so equal hashes
 /// mean equal prefixes. Engines may send values above `i64::MAX`; they are plain `u64` here.
