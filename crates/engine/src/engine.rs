@@ -907,6 +907,28 @@ impl Engine {
     /// [`Engine::advance_until`] that also stops after `max_steps` steps (e.g. to report
     /// progress, or to bound the work per call).
     pub fn advance_bounded(&mut self, now: f64, t_limit: f64, max_steps: u64) -> Advance {
+        self.advance_inner(now, t_limit, max_steps, None)
+    }
+
+    /// [`Engine::advance_until`] that also appends every executed step's end time to
+    /// `step_ends` (8 bytes per step). Every decoding request emits a token at each of these
+    /// times, so a driver can derive per-token gaps (ITL) without stopping at every step.
+    pub fn advance_recording(
+        &mut self,
+        now: f64,
+        t_limit: f64,
+        step_ends: &mut Vec<f64>,
+    ) -> Advance {
+        self.advance_inner(now, t_limit, u64::MAX, Some(step_ends))
+    }
+
+    fn advance_inner(
+        &mut self,
+        now: f64,
+        t_limit: f64,
+        max_steps: u64,
+        mut rec: Option<&mut Vec<f64>>,
+    ) -> Advance {
         let mut t = now.max(self.busy_until);
         let mut steps = 0;
         loop {
@@ -928,6 +950,11 @@ impl Engine {
             }
             steps += 1;
             t = self.out.end;
+            if let Some(v) = rec.as_deref_mut()
+                && self.out.scheduled_tokens > 0
+            {
+                v.push(t);
+            }
             if self.out.is_visible() {
                 return Advance {
                     steps,

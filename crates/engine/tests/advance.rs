@@ -115,6 +115,45 @@ fn by_advance(mut e: Engine, arrivals: &[Arrival]) -> (Vec<StepOutcome>, Engine)
     (out, e)
 }
 
+#[test]
+fn recorded_step_ends_match_single_steps() {
+    let cat = Catalog::builtin().unwrap();
+    let cfg = EngineConfig {
+        gpu: "H100-SXM".into(),
+        model: "Llama-3.1-8B".into(),
+        ..EngineConfig::default()
+    };
+    let arrivals = workload(5, 50, cfg.block_size, 1);
+    let mut a = Engine::new(&cat, &cfg).unwrap();
+    let mut b = Engine::new(&cat, &cfg).unwrap();
+    for x in &arrivals {
+        a.admit(x.req.clone(), 0.0).unwrap();
+        b.admit(x.req.clone(), 0.0).unwrap();
+    }
+    let mut ends_a = Vec::new();
+    let mut t = 0.0;
+    loop {
+        let o = a.step(t);
+        if o.end == o.start {
+            break;
+        }
+        t = o.end;
+        ends_a.push(o.end);
+    }
+    let mut ends_b = Vec::new();
+    let mut t = 0.0;
+    loop {
+        let adv = b.advance_recording(t, f64::INFINITY, &mut ends_b);
+        if adv.idle {
+            break;
+        }
+        t = adv.time;
+    }
+    assert!(ends_a.len() > 300, "{}", ends_a.len());
+    assert_eq!(ends_a, ends_b);
+    assert_eq!(a.stats(), b.stats());
+}
+
 fn compare(cfg: EngineConfig, seed: u64, n: usize) {
     let cat = Catalog::builtin().unwrap();
     let arrivals = workload(seed, n, cfg.block_size, cfg.dp);

@@ -370,6 +370,7 @@ fn decode_role_reserves_then_decodes_after_transfer() {
     e.kv_arrived(1, 0.5).unwrap();
     assert!(e.kv_arrived(1, 0.5).is_err());
     let o = e.step(0.5);
+    assert_eq!(o.started, vec![1]);
     assert_eq!(
         events(&o),
         vec![KvEvent::Stored {
