@@ -318,20 +318,20 @@ pub fn render_html(title: &str, runs: &[ReportRun]) -> String {
                         }
                     })
                     .collect();
-                let title = if averaged {
+                let title = format!("{}: {chart}", run_name(i, r.summary));
+                let x_label = if averaged {
                     format!(
-                        "{}: {chart}, mean per {}",
-                        run_name(i, r.summary),
+                        "time since start (s); mean over {} buckets",
                         fmt_secs(bucket)
                     )
                 } else {
-                    format!("{}: {chart}", run_name(i, r.summary))
+                    "time since start (s)".to_string()
                 };
                 push_chart(
                     &mut h,
                     &LineChart {
                         title,
-                        x_label: "time since start (s)".into(),
+                        x_label,
                         x_from_zero: true,
                         y_label: chart.to_string(),
                         y_from_zero: true,

@@ -393,6 +393,9 @@ impl LineChart {
         let px = |x: f64| left + xa.frac(x) * plot_w;
         let py = |y: f64| top + (1.0 - ya.frac(y)) * plot_h;
 
+        // Shrink a long title to fit the plot width (about 0.6 em per character, bold).
+        let title_size =
+            (plot_w / (self.title.chars().count().max(1) as f64 * 0.6)).clamp(10.0, 14.0);
         let mut s = String::new();
         let _ = write!(
             s,
@@ -401,7 +404,7 @@ impl LineChart {
         );
         let _ = write!(
             s,
-            r##"<rect x="0" y="0" width="{w}" height="{total_h}" fill="#ffffff"/><text x="{left}" y="18" font-size="14" font-weight="600" fill="#222">{}</text>"##,
+            r##"<rect x="0" y="0" width="{w}" height="{total_h}" fill="#ffffff"/><text x="{left}" y="18" font-size="{title_size:.1}" font-weight="600" fill="#222">{}</text>"##,
             escape(&self.title)
         );
         for (x, r, l) in &legend {
