@@ -171,7 +171,8 @@ impl PairSelector {
                 load: c.load,
                 cost: Some(
                     self.overlap_weight
-                        * (c.load.prefill_tokens + req.uncached_tokens(c.overlap_blocks)) as f64
+                        * (c.load.prefill_tokens as f64
+                            + req.uncached_tokens(c.overlap_blocks) as f64)
                         / bs,
                 ),
                 probability: None,

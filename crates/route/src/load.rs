@@ -188,9 +188,12 @@ impl LoadTracker {
         self.entries[i].prefilled = true;
         let ws = &mut self.workers[e.worker as usize];
         if ws.generation == e.worker_generation {
-            ws.own.prefill_tokens -= e.prefill_tokens;
+            ws.own.prefill_tokens = ws.own.prefill_tokens.saturating_sub(e.prefill_tokens);
             if ws.epoch == e.epoch {
-                ws.since_report.prefill_tokens -= e.prefill_tokens;
+                ws.since_report.prefill_tokens = ws
+                    .since_report
+                    .prefill_tokens
+                    .saturating_sub(e.prefill_tokens);
             }
         }
         Ok(())
@@ -222,13 +225,13 @@ impl LoadTracker {
             return Ok(());
         }
         let pf = if e.prefilled { 0 } else { e.prefill_tokens };
-        ws.own.requests -= 1;
-        ws.own.prefill_tokens -= pf;
-        ws.own.blocks -= e.blocks;
+        ws.own.requests = ws.own.requests.saturating_sub(1);
+        ws.own.prefill_tokens = ws.own.prefill_tokens.saturating_sub(pf);
+        ws.own.blocks = ws.own.blocks.saturating_sub(e.blocks);
         if ws.epoch == e.epoch {
-            ws.since_report.requests -= 1;
-            ws.since_report.prefill_tokens -= pf;
-            ws.since_report.blocks -= e.blocks;
+            ws.since_report.requests = ws.since_report.requests.saturating_sub(1);
+            ws.since_report.prefill_tokens = ws.since_report.prefill_tokens.saturating_sub(pf);
+            ws.since_report.blocks = ws.since_report.blocks.saturating_sub(e.blocks);
         }
         Ok(())
     }
@@ -271,12 +274,15 @@ impl LoadTracker {
         let ws = &self.workers[wi as usize];
         match ws.engine {
             Some((e, at)) if now - at <= self.max_engine_age => LoadSnapshot {
-                active_requests: e.running_requests + e.waiting_requests + ws.since_report.requests,
+                active_requests: e
+                    .running_requests
+                    .saturating_add(e.waiting_requests)
+                    .saturating_add(ws.since_report.requests),
                 prefill_tokens: match e.prefill_tokens {
-                    Some(p) => p + ws.since_report.prefill_tokens,
+                    Some(p) => p.saturating_add(ws.since_report.prefill_tokens),
                     None => ws.own.prefill_tokens,
                 },
-                active_blocks: e.active_blocks + ws.since_report.blocks,
+                active_blocks: e.active_blocks.saturating_add(ws.since_report.blocks),
                 engine_reported: true,
             },
             _ => LoadSnapshot {

@@ -374,8 +374,9 @@ impl KvAware {
 /// `overlap_weight × prefill_blocks + decode_blocks` (see [`KvAware`]).
 pub fn kv_cost(overlap_weight: f64, req: &RequestInfo, c: &Candidate) -> f64 {
     let bs = f64::from(req.block_size.max(1));
-    let prefill = (c.load.prefill_tokens + req.uncached_tokens(c.overlap_blocks)) as f64 / bs;
-    let decode = (c.load.active_blocks + req.prompt_blocks()) as f64;
+    let prefill =
+        (c.load.prefill_tokens as f64 + req.uncached_tokens(c.overlap_blocks) as f64) / bs;
+    let decode = c.load.active_blocks as f64 + req.prompt_blocks() as f64;
     overlap_weight * prefill + decode
 }
 
