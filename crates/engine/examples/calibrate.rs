@@ -1,8 +1,10 @@
-//! Prints the calibration table (docs/calibration.md) and the seed deployments' capacities.
+//! Prints the calibration table of docs/calibration.md, the sensitivity runs, and the seed
+//! deployments' capacities and step times.
+//!
 //! `cargo run --release -p switchyard-engine --example calibrate`
 
-use switchyard_engine::closed_loop::{ClosedLoop, run};
-use switchyard_engine::{Catalog, Engine, EngineConfig, KvDtype, WeightDtype};
+use switchyard_engine::closed_loop::{ClosedLoop, ClosedLoopResult, run};
+use switchyard_engine::{BatchShape, Catalog, Engine, EngineConfig, KvDtype, WeightDtype};
 
 fn cfg(gpu: &str, model: &str, w: WeightDtype, tp: u32, engine: &str) -> EngineConfig {
     EngineConfig {
@@ -15,87 +17,114 @@ fn cfg(gpu: &str, model: &str, w: WeightDtype, tp: u32, engine: &str) -> EngineC
     }
 }
 
+fn measure(cat: &Catalog, c: &EngineConfig, w: &ClosedLoop) -> (ClosedLoopResult, String) {
+    let mut e = Engine::new(cat, c).expect("engine");
+    let r = run(&mut e, w).expect("run");
+    (r, e.description().to_string())
+}
+
+fn err(model: f64, reference: f64) -> String {
+    format!("{:+.1}%", (model / reference - 1.0) * 100.0)
+}
+
 fn main() {
     let cat = Catalog::builtin().expect("catalog");
-    let refs: Vec<(&str, EngineConfig, ClosedLoop, &str, f64)> = vec![
+    println!("| reference | measured | model | error |\n|---|---|---|---|");
+    let qwen = EngineConfig {
+        max_num_batched_tokens: 2048,
+        ..cfg("H100-SXM", "Qwen3-32B", WeightDtype::Bf16, 2, "vllm")
+    };
+    let (r, d1) = measure(&cat, &qwen, &ClosedLoop::new(32, 320, 1024, 1024));
+    println!(
+        "| Qwen3-32B BF16, H100 TP2, vLLM, 1024/1024, c=32: TTFT | 236.8 ms | {:.1} ms | {} |",
+        r.mean_ttft * 1e3,
+        err(r.mean_ttft * 1e3, 236.8)
+    );
+    println!(
+        "| Qwen3-32B BF16, H100 TP2, vLLM, 1024/1024, c=32: TPOT | 20.06 ms | {:.2} ms | {} |",
+        r.mean_tpot * 1e3,
+        err(r.mean_tpot * 1e3, 20.06)
+    );
+    let ds = cfg("H200", "DeepSeek-V3", WeightDtype::Fp8, 8, "sglang");
+    let (r, d2) = measure(&cat, &ds, &ClosedLoop::new(16, 160, 1024, 1024));
+    println!(
+        "| DeepSeek-V3 FP8, H200 TP8, SGLang, 1024/1024, c=16: TTFT | 285.9 ms | {:.1} ms | {} |",
+        r.mean_ttft * 1e3,
+        err(r.mean_ttft * 1e3, 285.9)
+    );
+    println!(
+        "| DeepSeek-V3 FP8, H200 TP8, SGLang, 1024/1024, c=16: TPOT | 16.63 ms | {:.2} ms | {} |",
+        r.mean_tpot * 1e3,
+        err(r.mean_tpot * 1e3, 16.63)
+    );
+    let mut descs = vec![d1, d2];
+    for (gpu, model, name, reference) in [
         (
-            "Qwen3-32B BF16 H100 TP2 vLLM 1024/1024 c32",
-            EngineConfig {
-                max_num_batched_tokens: 2048,
-                ..cfg("H100-SXM", "Qwen3-32B", WeightDtype::Bf16, 2, "vllm")
-            },
-            ClosedLoop::new(32, 320, 1024, 1024),
-            "ttft+tpot",
-            0.0,
+            "H100-SXM",
+            "Llama-3.1-8B",
+            "Llama-3.1-8B FP8, 1x H100",
+            15_220.0,
         ),
         (
-            "DeepSeek-V3 FP8 H200 TP8 SGLang 1024/1024 c16",
-            cfg("H200", "DeepSeek-V3", WeightDtype::Fp8, 8, "sglang"),
-            ClosedLoop::new(16, 160, 1024, 1024),
-            "ttft+tpot",
-            0.0,
+            "H200",
+            "Llama-3.1-8B",
+            "Llama-3.1-8B FP8, 1x H200",
+            17_744.0,
         ),
         (
-            "Llama-3.1-8B FP8 H100 TP1 TRT-LLM 1000/1000 max tput",
-            EngineConfig {
-                kv_dtype: KvDtype::Fp8,
-                max_num_seqs: 2048,
-                ..cfg("H100-SXM", "Llama-3.1-8B", WeightDtype::Fp8, 1, "trtllm")
-            },
-            ClosedLoop::new(3000, 3000, 1000, 1000),
-            "tput",
-            15220.0,
+            "H200",
+            "Llama-3.1-70B",
+            "Llama-3.3-70B FP8, 1x H200",
+            2_909.0,
         ),
-        (
-            "Llama-3.1-8B FP8 H200 TP1 TRT-LLM 1000/1000 max tput",
-            EngineConfig {
-                kv_dtype: KvDtype::Fp8,
-                max_num_seqs: 2048,
-                ..cfg("H200", "Llama-3.1-8B", WeightDtype::Fp8, 1, "trtllm")
-            },
-            ClosedLoop::new(3000, 3000, 1000, 1000),
-            "tput",
-            17744.0,
-        ),
-        (
-            "Llama-3.3-70B FP8 H200 TP1 TRT-LLM 1000/1000 max tput",
-            EngineConfig {
-                kv_dtype: KvDtype::Fp8,
-                max_num_seqs: 2048,
-                ..cfg("H200", "Llama-3.1-70B", WeightDtype::Fp8, 1, "trtllm")
-            },
-            ClosedLoop::new(3000, 3000, 1000, 1000),
-            "tput",
-            2909.0,
-        ),
-    ];
-    let jit: Option<f64> = std::env::args().nth(1).and_then(|s| s.parse().ok());
-    for (name, c, w, _kind, _ref) in &refs {
-        let mut w = *w;
-        if let Some(j) = jit {
-            w.turnaround = (0.0, j);
-        }
-        let w = &w;
-        let mut c = c.clone();
-        if let Ok(b) = std::env::var("BUDGET") {
-            c.max_num_batched_tokens = b.parse().unwrap();
-        }
-        let c = &c;
-        let mut e = Engine::new(&cat, c).expect("engine");
-        let t0 = std::time::Instant::now();
-        let r = run(&mut e, w).expect("run");
+    ] {
+        let c = EngineConfig {
+            kv_dtype: KvDtype::Fp8,
+            max_num_seqs: 2048,
+            ..cfg(gpu, model, WeightDtype::Fp8, 1, "trtllm")
+        };
+        let (r, d) = measure(&cat, &c, &ClosedLoop::new(3000, 3000, 1000, 1000));
         println!(
-            "{name}\n  {}\n  TTFT {:.1} ms  TPOT {:.2} ms  out {:.0} tok/s  steps {}  preempt {}  ({:.2}s wall)",
-            e.description(),
-            r.mean_ttft * 1e3,
-            r.mean_tpot * 1e3,
+            "| {name}, TensorRT-LLM, 1000/1000 max throughput | {reference:.0} tok/s | {:.0} tok/s | {} |",
             r.output_throughput,
-            r.steps,
-            r.preemptions,
-            t0.elapsed().as_secs_f64()
+            err(r.output_throughput, reference)
         );
+        descs.push(d);
     }
-    for c in [
+    println!();
+    for d in &descs {
+        println!("- {d}");
+    }
+
+    println!("\nSensitivity of the Qwen3-32B vLLM reference (TTFT ms / TPOT ms):");
+    println!("| budget | turnaround 0 | 0-40 ms | 0-2 s |\n|---|---|---|---|");
+    for budget in [2048u32, 4096, 8192] {
+        let mut row = format!("| {budget} |");
+        for t in [0.0, 0.04, 2.0] {
+            let c = EngineConfig {
+                max_num_batched_tokens: budget,
+                ..qwen.clone()
+            };
+            let mut w = ClosedLoop::new(32, 320, 1024, 1024);
+            w.turnaround = (0.0, t);
+            let (r, _) = measure(&cat, &c, &w);
+            row += &format!(" {:.0} / {:.2} |", r.mean_ttft * 1e3, r.mean_tpot * 1e3);
+        }
+        println!("{row}");
+    }
+    println!("\nSensitivity of the DeepSeek-V3 SGLang reference (TTFT ms / TPOT ms):");
+    println!("| turnaround 0 | 0-40 ms | 0-2 s |\n|---|---|---|");
+    let mut row = "|".to_string();
+    for t in [0.0, 0.04, 2.0] {
+        let mut w = ClosedLoop::new(16, 160, 1024, 1024);
+        w.turnaround = (0.0, t);
+        let (r, _) = measure(&cat, &ds, &w);
+        row += &format!(" {:.0} / {:.2} |", r.mean_ttft * 1e3, r.mean_tpot * 1e3);
+    }
+    println!("{row}");
+
+    println!("\nSeed deployments:");
+    let seeds = [
         cfg("H200", "Qwen3-32B", WeightDtype::Bf16, 2, "vllm"),
         EngineConfig {
             dp: 8,
@@ -103,10 +132,45 @@ fn main() {
             kv_dtype: KvDtype::Fp8,
             ..cfg("GB200", "DeepSeek-V3.2", WeightDtype::Nvfp4, 1, "trtllm")
         },
-    ] {
-        match Engine::new(&cat, &c) {
-            Ok(e) => println!("seed: {}", e.description()),
-            Err(err) => println!("seed error: {err}"),
+    ];
+    for c in &seeds {
+        let e = Engine::new(&cat, c).expect("seed");
+        println!("- {}", e.description());
+        let ranks = e.dp_ranks() as usize;
+        for (batch, ctx) in [(1u32, 1_000u64), (32, 12_000), (128, 12_000)] {
+            let per_rank = batch.div_ceil(ranks as u32).max(1);
+            let shape = BatchShape {
+                decode_seqs: per_rank,
+                decode_ctx: per_rank as u64 * ctx,
+                decode_ctx_clipped: per_rank as u64 * ctx.min(2048),
+                logits: per_rank,
+                ..Default::default()
+            };
+            let shapes = vec![shape; ranks];
+            println!(
+                "  decode step, {per_rank} seqs/rank at {ctx} context: {:.2} ms",
+                e.step_time(&shapes) * 1e3
+            );
         }
+        let mut p = BatchShape::default();
+        let k = if c.model.contains("3.2") {
+            2048
+        } else {
+            u64::MAX
+        };
+        p.add_chunk(0, 8192, k, true);
+        let mut shapes = vec![BatchShape::default(); ranks];
+        shapes[0] = p;
+        println!(
+            "  one 8192-token prefill chunk (one rank): {:.1} ms",
+            e.step_time(&shapes) * 1e3
+        );
+        let mut p = BatchShape::default();
+        p.add_chunk(100_000, 8192, k, false);
+        shapes[0] = p;
+        println!(
+            "  an 8192-token chunk on top of 100k cached tokens: {:.1} ms",
+            e.step_time(&shapes) * 1e3
+        );
     }
 }
