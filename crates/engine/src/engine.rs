@@ -250,6 +250,9 @@ struct Rank {
     unsat_sum: u64,
     events: Vec<KvEvent>,
     done: Vec<u32>,
+    /// Σ (prompt + generated − computed) over sequences this rank still has to prefill
+    /// (waiting and prefilling; recomputes included; decode-role reservations excluded).
+    pending: u64,
 }
 
 /// One simulated engine worker (one scheduler per DP rank, stepping in lockstep).
@@ -436,6 +439,7 @@ impl Engine {
                 unsat_sum: 0,
                 events: Vec::new(),
                 done: Vec::new(),
+                pending: 0,
             })
             .collect();
         Ok(Engine {
@@ -539,12 +543,6 @@ impl Engine {
         let Some(r) = self.ranks.get(rank as usize) else {
             return EngineLoad::default();
         };
-        let pending = |slots: &mut dyn Iterator<Item = &u32>| -> u64 {
-            slots
-                .filter_map(|&s| self.slab[s as usize].as_ref())
-                .map(|q| (q.prompt + q.generated).saturating_sub(q.computed) as u64)
-                .sum()
-        };
         EngineLoad {
             running: (r.dec.len() + r.prefilling.len()) as u32,
             waiting: r.waiting.len() as u32,
@@ -552,11 +550,7 @@ impl Engine {
             held: r.held,
             kv_blocks_used: (r.pool.total() - r.pool.free()) as u64,
             kv_blocks_total: r.pool.total() as u64,
-            pending_prefill_tokens: if self.cfg.role == Role::Decode {
-                0
-            } else {
-                pending(&mut r.waiting.iter()) + pending(&mut r.prefilling.iter())
-            },
+            pending_prefill_tokens: r.pending,
         }
     }
 
@@ -593,6 +587,20 @@ impl Engine {
                 held_blocks += s.blocks.len() as u64;
             }
             let used = (r.pool.total() - r.pool.free()) as u64;
+            let pending: u64 = r
+                .waiting
+                .iter()
+                .chain(r.prefilling.iter())
+                .filter_map(|&s| self.slab[s as usize].as_ref())
+                .filter(|q| self.cfg.role != Role::Decode || q.generated > 0)
+                .map(|q| (q.prompt + q.generated - q.computed) as u64)
+                .sum();
+            if pending != r.pending {
+                return Err(format!(
+                    "rank {i}: pending prefill {} != recount {pending}",
+                    r.pending
+                ));
+            }
             if held_blocks < used {
                 return Err(format!(
                     "rank {i}: {used} blocks in use but requests hold {held_blocks}"
@@ -708,7 +716,11 @@ impl Engine {
             kv_reserved = self.try_reserve(rank as usize, slot);
         }
         if kv_reserved.is_none() {
-            self.ranks[rank as usize].waiting.push_back(slot);
+            let rk = &mut self.ranks[rank as usize];
+            rk.waiting.push_back(slot);
+            if self.cfg.role != Role::Decode {
+                rk.pending += req.prompt_tokens as u64;
+            }
         }
         Ok(AdmitInfo {
             dp_rank: rank,
@@ -858,8 +870,13 @@ impl Engine {
             return false;
         };
         let (r, state) = (seq.rank as usize, seq.state);
+        let to_prefill = (seq.prompt + seq.generated - seq.computed) as u64;
+        let counted = self.cfg.role != Role::Decode || seq.generated > 0;
         let k = self.sparse_k;
         let rank = &mut self.ranks[r];
+        if counted && matches!(state, St::Waiting | St::Prefilling) {
+            rank.pending -= to_prefill;
+        }
         match state {
             St::Waiting => rank.waiting.retain(|&s| s != slot),
             St::Prefilling => rank.prefilling.retain(|&s| s != slot),
@@ -1065,6 +1082,13 @@ impl Engine {
             rank.dec.push(d);
         }
         while let Some(&slot) = self.ranks[r].waiting.front() {
+            // A preempted sequence at the head is recomputed locally by the prefill phase.
+            if self.slab[slot as usize]
+                .as_ref()
+                .is_none_or(|q| q.generated > 0)
+            {
+                break;
+            }
             match self.try_reserve(r, slot) {
                 Some(cached) => {
                     self.ranks[r].waiting.pop_front();
@@ -1228,6 +1252,10 @@ impl Engine {
         for &b in seq.blocks.iter().rev() {
             rank.pool.release(b);
         }
+        rank.pending += match seq.state {
+            St::Prefilling => seq.computed as u64,
+            _ => (seq.prompt + seq.generated) as u64,
+        };
         seq.blocks.clear();
         seq.computed = 0;
         seq.registered = 0;
@@ -1239,9 +1267,7 @@ impl Engine {
 
     /// Continue running prefills, then start waiting requests FCFS, within the token budget.
     fn prefill_phase(&mut self, r: usize, collect: bool) {
-        if self.cfg.role == Role::Decode {
-            return;
-        }
+        let decode_role = self.cfg.role == Role::Decode;
         let mut budget = self.cfg.max_num_batched_tokens as u64 - self.shapes[r].decode_seqs as u64;
         let mut idx = 0;
         while budget > 0 && idx < self.ranks[r].prefilling.len() {
@@ -1261,6 +1287,14 @@ impl Engine {
             let Some(&slot) = rank.waiting.front() else {
                 break;
             };
+            // A decode-role engine prefills only its own preempted sequences (recompute).
+            if decode_role
+                && self.slab[slot as usize]
+                    .as_ref()
+                    .is_none_or(|q| q.generated == 0)
+            {
+                break;
+            }
             if !self.try_start(r, slot, budget) {
                 break;
             }
@@ -1321,6 +1355,7 @@ impl Engine {
             }
         }
         seq.computed = hit_tokens;
+        rank.pending -= hit_tokens as u64;
         seq.registered = hit as u32;
         seq.state = St::Prefilling;
         seq.order = self.next_order;
@@ -1381,6 +1416,7 @@ impl Engine {
         *budget -= c as u64;
         self.stats.prefill_tokens += c as u64;
         let rank = &mut self.ranks[r];
+        rank.pending -= c as u64;
         let Some(seq) = self.slab[slot as usize].as_mut() else {
             return ChunkResult::Stop;
         };

@@ -428,3 +428,41 @@ fn seed_deployments_fit() {
     let per_rank = ds.kv_capacity_tokens() / 8;
     assert!((2_000_000..2_500_000).contains(&per_rank), "{per_rank}");
 }
+
+#[test]
+fn decode_role_recomputes_its_own_preempted_sequences() {
+    // 6 blocks: two 16-token prompts reserve 2 blocks each; decoding past 32 tokens needs a
+    // third block each, so the newer one is preempted and recomputed locally (the decode
+    // engine has its tokens), not re-requested from a prefill worker.
+    let mut e = llama8b(|c| {
+        c.role = Role::Decode;
+        c.num_gpu_blocks_override = Some(5);
+    });
+    for id in [1, 2] {
+        assert_eq!(
+            e.admit(req(id, 16, &[], 40), 0.0).unwrap().kv_reserved,
+            Some(0)
+        );
+        e.kv_arrived(id, 0.0).unwrap();
+    }
+    let mut t = 0.0;
+    let mut finished = Vec::new();
+    let mut preempted = Vec::new();
+    for _ in 0..200 {
+        let o = e.step(t);
+        t = o.end;
+        e.check_invariants().unwrap();
+        preempted.extend(o.preempted.iter().copied());
+        finished.extend(o.finished.iter().map(|f| (f.id, f.output_tokens)));
+        if finished.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(preempted, vec![2]);
+    assert_eq!(finished, vec![(1, 40), (2, 40)]);
+    assert!(
+        e.stats().prefill_tokens > 0,
+        "the preempted sequence was recomputed here"
+    );
+    assert_eq!(e.load().pending_prefill_tokens, 0);
+}
