@@ -445,12 +445,10 @@ fn ab(args: AbArgs) -> Result<()> {
         ("requests-a.jsonl", &outputs[0]),
         ("requests-b.jsonl", &outputs[1]),
     ] {
-        let mut buf = Vec::with_capacity(o.records.len() * 200);
-        for r in &o.records {
-            serde_json::to_writer(&mut buf, r)?;
-            buf.push(b'\n');
-        }
-        write_file(&out_dir.join(name), &buf)?;
+        write_file(
+            &out_dir.join(name),
+            switchyard_metrics::records_to_jsonl(&o.records).as_bytes(),
+        )?;
     }
     let runs: Vec<ReportRun> = outputs
         .iter()

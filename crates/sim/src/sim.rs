@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 use serde::Serialize;
 use switchyard_engine::{Catalog, Engine, EngineError, FinishReason, Request, Role, StepOutcome};
 use switchyard_kv::{BlockHash, KvEvent, TraceBlockMapper, WorkerKey};
-use switchyard_metrics::{ChunkGaps, RequestRecord, Status, TimeSeries};
+use switchyard_metrics::{ChunkGaps, RequestRecord, Status, TimeSeries, quantize};
 use switchyard_route::{Router, Ticket};
 use switchyard_trace::Trace;
 
@@ -819,6 +819,10 @@ impl<'a> Sim<'a> {
     }
 }
 
+/// Token gaps are kept at microsecond resolution: far below any latency that matters, and
+/// equal consecutive gaps then collapse into runs, which keeps `requests-*.jsonl` small.
+const GAP_RESOLUTION: f64 = 1e6;
+
 /// Token gaps of a request that emitted its first token at step `fidx` and its last at `eidx`
 /// of its worker's timeline, one token per step in between. A preempted request emitted
 /// nothing between its preemption and its recomputation: its tokens are the steps up to the
@@ -841,19 +845,19 @@ fn token_gaps(
             let p = p as usize;
             let before = p - f;
             for k in f + 1..p {
-                gaps.push(timeline[k] - timeline[k - 1]);
+                gaps.push(quantize(timeline[k] - timeline[k - 1], GAP_RESOLUTION));
             }
             let after = want.saturating_sub(before.saturating_sub(1));
             let resume = e + 1 - after.min(e - p);
             let mut prev = timeline[p - 1];
             for &t in &timeline[resume..=e] {
-                gaps.push(t - prev);
+                gaps.push(quantize(t - prev, GAP_RESOLUTION));
                 prev = t;
             }
         }
         _ => {
             for k in f + 1..=e {
-                gaps.push(timeline[k] - timeline[k - 1]);
+                gaps.push(quantize(timeline[k] - timeline[k - 1], GAP_RESOLUTION));
             }
         }
     }

@@ -80,3 +80,119 @@ fn disaggregated_completes_every_request_with_a_transfer() {
         assert_eq!(r.decode_worker, Some(1));
     }
 }
+
+#[test]
+fn disaggregated_gaps_cover_every_output_token() {
+    let out = run(DISAGG, &trace(5, 300.0));
+    for r in &out.records {
+        assert_eq!(r.gaps.len(), 63, "{r:?}");
+        let tpot = r.tpot().unwrap();
+        assert!(tpot > 0.005 && tpot < 0.05, "{tpot}");
+    }
+}
+
+#[test]
+fn same_seed_same_records() {
+    let t = trace(40, 50.0);
+    let a = run(DISAGG, &t);
+    let b = run(DISAGG, &t);
+    assert_eq!(a.records, b.records);
+    let c = run(AGG, &t);
+    let d = run(AGG, &t);
+    assert_eq!(c.records, d.records);
+}
+
+#[test]
+fn kv_aware_routing_follows_the_cached_prefix() {
+    // Two aggregated workers, KV-aware. Requests share a long prefix: after the first one
+    // lands, the rest follow it while load allows, and hit the cache.
+    let toml = AGG.replace("policy = \"round-robin\"", "policy = \"kv\"");
+    let t = Trace {
+        requests: (0..6)
+            .map(|i| {
+                TraceRequest::new(
+                    i as f64 * 2000.0,
+                    8192,
+                    16,
+                    (0..16).map(|k| if k < 15 { k } else { 100 + i }).collect(),
+                )
+            })
+            .collect(),
+        block_size: 512,
+    };
+    let out = run(&toml, &t);
+    let first = out.records[0].prefill_worker;
+    for r in &out.records[1..] {
+        assert_eq!(r.prefill_worker, first, "{r:?}");
+        assert!(r.cached_tokens >= 14 * 512, "{r:?}");
+    }
+}
+
+#[test]
+fn requests_over_the_context_are_rejected_not_lost() {
+    let toml = AGG.replace("tp = 2", "tp = 2\nmax_model_len = 1024");
+    let out = run(&toml, &trace(3, 100.0));
+    assert!(out.records.iter().all(|r| !r.is_ok()));
+    assert_eq!(out.routing.rejected, 3);
+    let s = switchyard_metrics::Summary::from_records(&out.records, &Default::default()).unwrap();
+    assert_eq!(s.completed, 0);
+    assert_eq!(s.errors.get("rejected"), Some(&3));
+}
+
+#[test]
+fn bad_deployments_name_the_problem() {
+    let cat = Catalog::builtin().unwrap();
+    let e =
+        Deployment::parse(&AGG.replace("[router]", "[router]\nbogus = 1"), "d.toml").unwrap_err();
+    assert!(
+        e.to_string().starts_with("d.toml: ") && e.to_string().contains("bogus"),
+        "{e}"
+    );
+    let e = Deployment::parse(&AGG.replace("count = 2", "count = 0"), "d.toml").unwrap_err();
+    assert!(e.to_string().contains("count must be at least 1"), "{e}");
+    let e = Deployment::parse(
+        &AGG.replace("role = \"aggregated\"", "role = \"prefill\""),
+        "d.toml",
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("both a prefill and a decode group"),
+        "{e}"
+    );
+    let e = Deployment::parse("name = 'x'", "d.toml").unwrap_err();
+    assert!(e.to_string().contains("no worker groups"), "{e}");
+    let e = Deployment::parse(&AGG.replace("tp = 2", "tp = 2\nflux = 3"), "d.toml").unwrap_err();
+    assert!(e.to_string().contains("flux"), "{e}");
+    // Parses, but cannot be built: TP3 does not divide Qwen3-32B's 64 query heads.
+    let dep = Deployment::parse(&AGG.replace("tp = 2", "tp = 3"), "d.toml").unwrap();
+    let err = simulate(
+        &dep,
+        &cat,
+        &trace(1, 1.0),
+        &RunOptions::default(),
+        &mut |_, _| {},
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("group 1") && err.contains("TP3"), "{err}");
+    // Does not fit: Llama-3.1-70B BF16 on one H100.
+    let dep = Deployment::parse(
+        &AGG.replace("gpu = \"H200\"", "gpu = \"H100-SXM\"")
+            .replace("model = \"Qwen3-32B\"", "model = \"Llama-3.1-70B\"")
+            .replace("tp = 2", "tp = 1"),
+        "d.toml",
+    )
+    .unwrap();
+    let err = simulate(
+        &dep,
+        &cat,
+        &trace(1, 1.0),
+        &RunOptions::default(),
+        &mut |_, _| {},
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("fit"), "{err}");
+}
