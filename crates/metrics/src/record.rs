@@ -16,8 +16,10 @@ use crate::MetricsError;
 /// Timeline: `scheduled` (arrival in the trace / schedule) -> `sent` (request actually
 /// dispatched) -> `first_token` -> ... chunk gaps ... -> `finish` (last token for a successful
 /// request; the moment the failure was observed otherwise).
+///
+/// Unknown JSON fields are ignored, so producers can wrap this struct with
+/// `#[serde(flatten)]` and add their own columns to `requests.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RequestRecord {
     /// Request id, unique within a run (e.g. the trace line index).
     pub id: u64,
@@ -506,6 +508,30 @@ mod tests {
             gaps.push(quantize(x, 1e6)); // all 13.022 ms at 1 us: one run
         }
         assert_eq!(serde_json::to_string(&gaps).unwrap(), "[[0.013022,3]]");
+    }
+
+    #[test]
+    fn producers_can_add_columns_with_flatten() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Row {
+            #[serde(flatten)]
+            rec: RequestRecord,
+            http_status: u16,
+        }
+        let mut rec = RequestRecord::ok(1, 0.1, 0.2, 0.30000000000000004, 5, 3);
+        rec.gaps.push(0.1 + 0.2);
+        rec.gaps.push_run(0.05, 2);
+        let row = Row {
+            rec,
+            http_status: 200,
+        };
+        let line = serde_json::to_string(&row).unwrap();
+        assert_eq!(serde_json::from_str::<Row>(&line).unwrap(), row);
+        // And a plain reader ignores the extra column.
+        assert_eq!(
+            serde_json::from_str::<RequestRecord>(&line).unwrap(),
+            row.rec
+        );
     }
 
     #[test]
