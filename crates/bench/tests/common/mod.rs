@@ -131,7 +131,11 @@ fn prompt_tokens(v: &Value, chat: bool) -> u64 {
     if chat {
         v["messages"]
             .as_array()
-            .map(|m| m.iter().map(|m| m["content"].as_str().map_or(0, words)).sum())
+            .map(|m| {
+                m.iter()
+                    .map(|m| m["content"].as_str().map_or(0, words))
+                    .sum()
+            })
             .unwrap_or(0)
     } else {
         match &v["prompt"] {
@@ -160,7 +164,10 @@ async fn generate(s: AppState, body: String, chat: bool) -> Response {
     let v: Value = match serde_json::from_str(&body) {
         Ok(v) => v,
         Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("{{\"error\":{{\"message\":\"{e}\"}}}}"))
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("{{\"error\":{{\"message\":\"{e}\"}}}}"),
+            )
                 .into_response();
         }
     };
@@ -180,11 +187,14 @@ async fn generate(s: AppState, body: String, chat: bool) -> Response {
         .unwrap_or(16)
         .max(1);
     let stream = v["stream"].as_bool().unwrap_or(false);
-    let usage_wanted = v["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let usage_wanted = v["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
     let prompt = prompt_tokens(&v, chat);
     let model = s.cfg.model.clone();
     let (ttft, itl) = (s.cfg.ttft, s.cfg.itl);
-    let usage = json!({"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n});
+    let usage =
+        json!({"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n});
 
     if !stream {
         tokio::time::sleep_until(arrival + ttft + itl * (n as u32 - 1)).await;
@@ -211,12 +221,14 @@ async fn generate(s: AppState, body: String, chat: bool) -> Response {
                 Phase::Token(k) => {
                     tokio::time::sleep_until(arrival + ttft + itl * k as u32).await;
                     Some(match fault {
-                        Fault::Disconnect(after) if k == u64::from(after) => {
-                            (Err(std::io::Error::other("injected disconnect")), Phase::End)
-                        }
-                        Fault::MalformedSse if k == 2 => {
-                            (Ok("data: {\"choices\": [ oops\n\n".to_string()), Phase::Done)
-                        }
+                        Fault::Disconnect(after) if k == u64::from(after) => (
+                            Err(std::io::Error::other("injected disconnect")),
+                            Phase::End,
+                        ),
+                        Fault::MalformedSse if k == 2 => (
+                            Ok("data: {\"choices\": [ oops\n\n".to_string()),
+                            Phase::Done,
+                        ),
                         Fault::StreamError if k == 1 => (
                             Ok(format!(
                                 "data: {}\n\n",
@@ -233,7 +245,10 @@ async fn generate(s: AppState, body: String, chat: bool) -> Response {
                             } else {
                                 Phase::Done
                             };
-                            (Ok(chunk(chat, &model, " tok", last.then_some("length"))), next)
+                            (
+                                Ok(chunk(chat, &model, " tok", last.then_some("length"))),
+                                next,
+                            )
                         }
                     })
                 }
