@@ -336,6 +336,22 @@ impl KvIndexer {
         }
     }
 
+    /// Apply a batch of engine events in order (faster than one by one on a large index; see
+    /// [`PrefixIndex::apply_events`]).
+    pub fn apply_events(&mut self, events: &[(WorkerKey, KvEvent)]) {
+        if self.mode == IndexMode::Approximate {
+            return;
+        }
+        self.exact.apply_events(events);
+        if self.mode == IndexMode::Hybrid {
+            for (w, e) in events {
+                if matches!(e, KvEvent::AllCleared) {
+                    self.predicted.clear_worker(*w);
+                }
+            }
+        }
+    }
+
     /// Record a routing decision as a prediction (no-op in [`IndexMode::Exact`]).
     pub fn record_routing(&mut self, worker: WorkerKey, hashes: &[BlockHash], now: f64) {
         if self.mode != IndexMode::Exact {

@@ -112,6 +112,34 @@ fn hybrid_takes_the_larger_of_events_and_predictions() {
     // Predictions expire; events stay.
     k.find_matches(&h, 10.0, &mut out);
     assert_eq!(out.as_slice(), &[(w1, 30)]);
+    // Batched application gives the same answer.
+    let mut b = KvIndexer::new(IndexMode::Hybrid, cfg).unwrap();
+    b.apply_events(&[
+        (
+            w1,
+            KvEvent::Stored {
+                parent: None,
+                blocks: h[..20].to_vec(),
+            },
+        ),
+        (
+            w1,
+            KvEvent::Stored {
+                parent: Some(h[19]),
+                blocks: h[20..30].to_vec(),
+            },
+        ),
+        (
+            w2,
+            KvEvent::Stored {
+                parent: None,
+                blocks: h[..5].to_vec(),
+            },
+        ),
+        (w2, KvEvent::Removed { blocks: vec![h[3]] }),
+    ]);
+    b.find_matches(&h, 10.0, &mut out);
+    assert_eq!(out.as_slice(), &[(w1, 30), (w2, 3)]);
     // AllCleared drops both.
     k.record_routing(w1, &h, 11.0);
     k.apply_event(w1, &KvEvent::AllCleared);
