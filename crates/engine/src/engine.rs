@@ -266,6 +266,7 @@ pub struct Engine {
     max_len: u32,
     bs: u32,
     sparse_k: u32,
+    kv_bytes_per_token: u64,
     ranks: Vec<Rank>,
     shapes: Vec<BatchShape>,
     slab: Vec<Option<Seq>>,
@@ -451,6 +452,7 @@ impl Engine {
             max_len,
             bs: cfg.block_size,
             sparse_k,
+            kv_bytes_per_token: crate::model::kv_bytes_per_token(model, cfg.kv_dtype),
             ranks,
             shapes: vec![BatchShape::default(); cfg.dp as usize],
             slab: Vec::new(),
@@ -491,6 +493,15 @@ impl Engine {
     /// KV capacity of the whole worker in blocks (all DP ranks).
     pub fn kv_capacity_blocks(&self) -> u64 {
         self.plan.blocks_per_rank as u64 * self.cfg.dp as u64
+    }
+    /// KV bytes of one token of the whole model (all layers and heads, unsharded, DSA indexer
+    /// included): what a disaggregated KV transfer moves per token.
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        self.kv_bytes_per_token
+    }
+    /// Tokens per KV block.
+    pub fn block_size(&self) -> u32 {
+        self.bs
     }
     /// Effective context cap (prompt + output).
     pub fn max_model_len(&self) -> u32 {

@@ -167,10 +167,21 @@ fn compare(cfg: EngineConfig, seed: u64, n: usize) {
     assert_eq!(ea.busy_until().to_bits(), eb.busy_until().to_bits());
     assert_eq!(ea.stats().finished, n as u64, "every request finished");
     // Every token generated exactly once, recomputation included; no KV block leaked.
-    let want: u64 = arrivals.iter().map(|a| a.req.max_output_tokens as u64).sum();
+    let want: u64 = arrivals
+        .iter()
+        .map(|a| a.req.max_output_tokens as u64)
+        .sum();
     assert_eq!(ea.stats().generated_tokens, want);
     let l = ea.load();
-    assert_eq!((l.running, l.waiting, l.kv_blocks_used, l.pending_prefill_tokens), (0, 0, 0, 0));
+    assert_eq!(
+        (
+            l.running,
+            l.waiting,
+            l.kv_blocks_used,
+            l.pending_prefill_tokens
+        ),
+        (0, 0, 0, 0)
+    );
     println!("{} visible steps, stats {:?}", a.len(), ea.stats());
 }
 

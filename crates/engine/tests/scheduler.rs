@@ -424,6 +424,9 @@ fn seed_deployments_fit() {
     .unwrap();
     println!("{}", ds.description());
     assert_eq!(ds.dp_ranks(), 8);
+    // FP8 MLA latent (656 B) + indexer keys (132 B) per layer, 61 layers.
+    assert_eq!(ds.kv_bytes_per_token(), 61 * (656 + 132));
+    assert_eq!(qwen.kv_bytes_per_token(), 262_144);
     // ~60 GiB of weights per GPU, ~100 GiB of KV at 48,068 B/token: ~2.2M tokens per rank.
     let per_rank = ds.kv_capacity_tokens() / 8;
     assert!((2_000_000..2_500_000).contains(&per_rank), "{per_rank}");
