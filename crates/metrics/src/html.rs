@@ -385,21 +385,24 @@ fn bucket_means(points: &[(f64, f64)], t0: f64, w: f64, n: usize) -> Vec<(f64, f
         if !(b > a && v.is_finite()) {
             continue;
         }
+        // Walk the buckets the segment covers; the bucket index advances explicitly so that
+        // rounding at bucket edges cannot stall or drop the rest of the segment.
         let mut t = a;
-        while t < b {
-            let k = (((t - t0) / w) as usize).min(n - 1);
+        let mut k = (((a - t0) / w).max(0.0) as usize).min(n - 1);
+        loop {
             let edge = if k == n - 1 {
                 b
             } else {
                 t0 + (k + 1) as f64 * w
             };
-            let end = b.min(edge.max(t));
-            if end <= t {
-                break;
-            }
+            let end = b.min(edge).max(t);
             area[k] += v * (end - t);
             cover[k] += end - t;
             t = end;
+            if t >= b || k == n - 1 {
+                break;
+            }
+            k += 1;
         }
     }
     (0..n)
@@ -548,6 +551,12 @@ mod tests {
             vec![(1.0, 5.0), (3.0, 10.0)]
         );
         assert!(bucket_means(&[(0.0, 1.0)], 0.0, 1.0, 3).is_empty());
+        // One long segment over many buckets whose edges are not exact in binary: every
+        // bucket is fully covered with the segment's value.
+        let pts = [(0.0, 7.0), (1.0, 0.0)];
+        let m = bucket_means(&pts, 0.0, 0.1, 10);
+        assert_eq!(m.len(), 10);
+        assert!(m.iter().all(|p| (p.1 - 7.0).abs() < 1e-12), "{m:?}");
     }
 
     #[test]

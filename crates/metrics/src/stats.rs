@@ -255,6 +255,50 @@ mod tests {
         assert_eq!(s.max, sorted[sorted.len() - 1]);
     }
 
+    /// Reference values printed by numpy 2.4.6 (`a.mean()`, `a.std()`,
+    /// `np.percentile(a, [50, 90, 95, 99])`) for the same integer-derived samples.
+    #[test]
+    fn matches_numpy() {
+        fn data(n: u64, seed: u64) -> Vec<f64> {
+            (0..n)
+                .map(|i| {
+                    let v = ((i * 7919 + seed) % 1009) as f64 / 37.0;
+                    if i % 97 == 0 { v * 50.0 } else { v }
+                })
+                .collect()
+        }
+        #[rustfmt::skip]
+        let cases: [(u64, u64, f64, f64, [f64; 4]); 6] = [
+            (1, 5, 6.756756756756757, 0.0, [6.756756756756757, 6.756756756756757, 6.756756756756757, 6.756756756756757]),
+            (2, 5, 15.013513513513514, 8.256756756756756, [15.013513513513514, 21.61891891891892, 22.444594594594594, 23.105135135135136]),
+            (3, 11, 19.1981981981982, 3.4983966784600624, [19.2972972972973, 22.605405405405406, 23.018918918918917, 23.349729729729727]),
+            (7, 13, 13.77992277992278, 6.718586059392865, [15.216216216216216, 21.00540540540541, 22.245945945945945, 23.23837837837838]),
+            (100, 17, 17.730810810810812, 41.216041633657724, [13.932432432432432, 24.43513513513514, 25.951351351351352, 30.772162162164175]),
+            (2001, 19, 20.689587638613126, 80.32840218032187, [13.756756756756756, 24.783783783783782, 26.135135135135137, 27.243243243243242]),
+        ];
+        for (n, seed, mean, std, p) in cases {
+            let v = data(n, seed);
+            let s = Stats::from_slice(&v).unwrap();
+            // Percentiles: same interpolation formula, so bit-identical.
+            assert_eq!([s.p50, s.p90, s.p95, s.p99], p, "n={n}");
+            // numpy sums pairwise; allow last-digit differences.
+            assert!(
+                (s.mean - mean).abs() <= 1e-12 * mean.abs(),
+                "n={n}: {} vs {mean}",
+                s.mean
+            );
+            assert!(
+                (s.std - std).abs() <= 1e-12 * std.abs().max(1.0),
+                "n={n}: {} vs {std}",
+                s.std
+            );
+            // The run-length path agrees too.
+            let mut runs: Vec<(f64, u32)> = v.iter().map(|&x| (x, 1)).collect();
+            let r = Stats::from_runs(&mut runs).unwrap();
+            assert_eq!([r.p50, r.p90, r.p95, r.p99], p, "runs n={n}");
+        }
+    }
+
     #[test]
     fn runs_agree_with_expanded_values() {
         let mut runs = vec![(0.25, 4u32), (0.1, 1), (0.3, 1), (0.2, 0), (0.05, 3)];

@@ -246,12 +246,20 @@ fn peak_concurrency(records: &[RequestRecord]) -> u64 {
 /// A run of `k` equal gaps is spread over the bins it covers arithmetically (chunk `j` of the
 /// run at `t + j * gap`), so the cost is per bin touched, not per token.
 fn peak_chunks_per_second(ok: &[&RequestRecord], start: f64) -> Option<f64> {
+    // Dense bins for any sane run length; a far-off timestamp (bad clock, days-long run)
+    // goes to a sparse map instead of allocating a bin per second up to it.
+    const DENSE_BINS: usize = 1 << 22; // ~48 days
     let mut bins: Vec<u32> = Vec::new();
+    let mut far: std::collections::HashMap<usize, u32> = std::collections::HashMap::new();
     let mut add = |bin: usize, n: u32| {
-        if bin >= bins.len() {
-            bins.resize(bin + 1, 0);
+        if bin < DENSE_BINS {
+            if bin >= bins.len() {
+                bins.resize(bin + 1, 0);
+            }
+            bins[bin] += n;
+        } else {
+            *far.entry(bin).or_insert(0) += n;
         }
-        bins[bin] += n;
     };
     // Truncation is floor for x >= 0, and avoids a libm call per chunk.
     let bin_of = |x: f64| x.max(0.0) as usize;
@@ -264,9 +272,15 @@ fn peak_chunks_per_second(ok: &[&RequestRecord], start: f64) -> Option<f64> {
             let end = x + g * f64::from(k);
             if g <= 0.0 || bin_of(x + g) == bin_of(end) {
                 add(bin_of(end), k);
+            } else if g >= 1.0 {
+                // At most one chunk per bin: walk the chunks, not the (possibly many) bins.
+                for j in 1..=k {
+                    add(bin_of(x + f64::from(j) * g), 1);
+                }
             } else {
                 // done(b): chunks of this run that land before b + 1, i.e. j with
-                // x + j * g < b + 1; monotone in b and exactly k at the last bin.
+                // x + j * g < b + 1; monotone in b and exactly k at the last bin. The run
+                // spans fewer than k + 2 bins since g < 1.
                 let done = |b: usize| -> u32 {
                     let j = ((b as f64 + 1.0 - x) / g).ceil() - 1.0;
                     j.clamp(0.0, f64::from(k)) as u32
@@ -283,7 +297,10 @@ fn peak_chunks_per_second(ok: &[&RequestRecord], start: f64) -> Option<f64> {
             x = end;
         }
     }
-    bins.into_iter().max().map(f64::from)
+    bins.into_iter()
+        .chain(far.into_values())
+        .max()
+        .map(f64::from)
 }
 
 #[cfg(test)]
@@ -425,6 +442,15 @@ mod tests {
         }
         let naive = f64::from(*bins.iter().max().unwrap());
         assert_eq!(peak_chunks_per_second(&refs, start), Some(naive));
+    }
+
+    #[test]
+    fn far_future_timestamps_do_not_allocate_per_second() {
+        // A decade-long gap must neither allocate ~3e8 bins nor loop over them.
+        let mut r = RequestRecord::ok(0, 0.0, 1.0, 3.2e8, 10, 3);
+        r.gaps.push_run(1.6e8, 2);
+        let s = Summary::from_records(&[r], &SummaryOptions::default()).unwrap();
+        assert_eq!(s.peak_output_throughput, Some(1.0));
     }
 
     #[test]
