@@ -43,6 +43,7 @@ h2{font-size:17px;margin:28px 0 10px;border-bottom:1px solid #ddd;padding-bottom
 h3{font-size:14px;margin:16px 0 8px}
 p{margin:6px 0}
 .muted{color:#666;font-size:13px}
+.note{font-size:13px;color:#333}
 .verdict{background:#fff;border-left:4px solid #1f77b4;padding:10px 14px;margin:12px 0;font-size:14px}
 table{border-collapse:collapse;background:#fff;font-size:13px;margin:8px 0}
 th,td{padding:4px 10px;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
@@ -71,6 +72,12 @@ dd{margin-left:16px}
 /// requests meeting the SLA over time (when any run has SLOs); then per run, one chart per
 /// distinct [`TimeSeries::chart`].
 pub fn render_html(title: &str, runs: &[ReportRun]) -> String {
+    render_html_with_notes(title, &[], runs)
+}
+
+/// [`render_html`] with free-text notes shown under the title, one paragraph each (e.g. each
+/// deployment's description, the trace and its hash, the tool version, the command line).
+pub fn render_html_with_notes(title: &str, notes: &[String], runs: &[ReportRun]) -> String {
     let mut h = String::with_capacity(256 * 1024);
     let _ = write!(
         h,
@@ -79,6 +86,9 @@ pub fn render_html(title: &str, runs: &[ReportRun]) -> String {
         escape(title)
     );
     let summaries: Vec<&Summary> = runs.iter().map(|r| r.summary).collect();
+    for n in notes {
+        let _ = writeln!(h, "<p class=\"note\">{}</p>", escape(n));
+    }
 
     // Run list.
     h.push_str("<p class=\"muted\">");

@@ -291,6 +291,14 @@ impl ChunkGaps {
         Self::default()
     }
 
+    /// Room for `runs` runs without reallocating (e.g. the expected output length).
+    pub fn with_capacity(runs: usize) -> Self {
+        ChunkGaps {
+            runs: Vec::with_capacity(runs),
+            n: 0,
+        }
+    }
+
     /// Gaps between consecutive absolute chunk times (`times[0]` is the first token).
     pub fn from_times(times: &[f64]) -> Self {
         let mut g = ChunkGaps::new();

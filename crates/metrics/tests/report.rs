@@ -221,6 +221,18 @@ fn single_run_and_empty_run_reports() {
 
     let html = render_html("none", &[]);
     check_xmlish(&html).unwrap();
+
+    let html = switchyard_metrics::render_html_with_notes(
+        "notes",
+        &["trace: conversation <12,031 requests> & hash 0xabc".to_string()],
+        &[ReportRun {
+            summary: &f.sb,
+            records: &f.b,
+            series: &[],
+        }],
+    );
+    check_xmlish(&html).unwrap();
+    assert!(html.contains("&lt;12,031 requests&gt; &amp; hash"));
 }
 
 #[test]
