@@ -65,6 +65,7 @@ pub async fn run(args: &BenchArgs, stop: StopHandle) -> Result<BenchOutcome, Ben
     let mut outcome = BenchOutcome {
         summary,
         records: r.records,
+        client_queue: r.client_queue,
         client: r.client,
         resolved,
         report: String::new(),

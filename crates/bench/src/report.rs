@@ -25,6 +25,10 @@ pub struct BenchOutcome {
     pub summary: Summary,
     #[serde(skip)]
     pub records: Vec<RequestRecord>,
+    /// Per record (same order): seconds spent waiting for a `--concurrency` slot before the
+    /// send (0 when uncapped). Written to `requests.jsonl` as `client_queue`.
+    #[serde(skip)]
+    pub client_queue: Vec<f64>,
     pub client: ClientStats,
     pub resolved: Resolved,
     /// The text report (what `switchyard bench` prints).
@@ -154,13 +158,24 @@ pub fn render(a: &BenchArgs, o: &BenchOutcome) -> String {
             opt_ms(ov, |s| s.p99)
         );
     }
-    if let Some(ov) = &c.dispatch_overhead
+    // Uncapped, overhead = lag and the metrics report above already warned.
+    if c.client_queue.is_some()
+        && let Some(ov) = &c.dispatch_overhead
         && ov.p99 > LAG_WARN_SECS
     {
         let _ = writeln!(
             out,
             "WARNING: the client's own dispatch overhead p99 is {} ms (> 1 ms): this machine could not keep the schedule; latencies from the scheduled send are the honest ones.",
             ms(ov.p99)
+        );
+    }
+    if c.client_queue.is_some()
+        && c.dispatch_lag.is_some_and(|l| l.p99 > LAG_WARN_SECS)
+        && c.dispatch_overhead.is_some_and(|l| l.p99 <= LAG_WARN_SECS)
+    {
+        let _ = writeln!(
+            out,
+            "Note: the dispatch lag is the --concurrency cap at work (requests waited for a slot); the client's own overhead stayed under 1 ms."
         );
     }
     let _ = writeln!(out, "Output tokens: {}.", o.resolved.output_tokens);
@@ -218,6 +233,16 @@ pub fn in_flight_series(records: &[RequestRecord]) -> TimeSeries {
     }
 }
 
+/// One line of `requests.jsonl`: the metrics crate's record plus the client's own columns
+/// (readers of plain `RequestRecord`s ignore them).
+#[derive(Serialize)]
+struct Row<'a> {
+    #[serde(flatten)]
+    record: &'a RequestRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_queue: Option<f64>,
+}
+
 #[derive(Serialize)]
 struct SummaryFile<'a> {
     tool: &'static str,
@@ -252,8 +277,12 @@ pub fn write_dir(dir: &Path, a: &BenchArgs, o: &BenchOutcome) -> Result<(), Benc
     let path = dir.join("requests.jsonl");
     let f = std::fs::File::create(&path).map_err(|e| werr(&path, e))?;
     let mut w = std::io::BufWriter::new(f);
-    for r in &o.records {
-        serde_json::to_writer(&mut w, r).map_err(|e| werr(&path, std::io::Error::other(e)))?;
+    for (i, r) in o.records.iter().enumerate() {
+        let row = Row {
+            record: r,
+            client_queue: o.client_queue.get(i).copied().filter(|&q| q > 0.0),
+        };
+        serde_json::to_writer(&mut w, &row).map_err(|e| werr(&path, std::io::Error::other(e)))?;
         w.write_all(b"\n").map_err(|e| werr(&path, e))?;
     }
     w.flush().map_err(|e| werr(&path, e))?;

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use switchyard_metrics::{RequestRecord, Stats};
+use switchyard_metrics::{ChunkGaps, RequestRecord, Stats, quantize};
 use tokio::sync::{Semaphore, watch};
 
 use crate::args::{BenchArgs, ProgressMode};
@@ -96,6 +96,8 @@ pub struct ClientStats {
 #[derive(Debug)]
 pub struct RunResult {
     pub records: Vec<RequestRecord>,
+    /// Per record (same order): seconds spent waiting for a `--concurrency` slot.
+    pub client_queue: Vec<f64>,
     pub client: ClientStats,
     pub model: String,
     pub endpoint_url: String,
@@ -119,7 +121,9 @@ struct Shared {
 }
 
 impl Shared {
-    fn finish(&self, s: Sample) {
+    fn finish(&self, mut s: Sample) {
+        quantize_record(&mut s.record);
+        s.slot = quantize(s.slot, TIME_RESOLUTION);
         if s.record.is_ok() {
             self.ok.fetch_add(1, Ordering::Relaxed);
             self.output_tokens
@@ -135,6 +139,25 @@ impl Shared {
         if let Ok(mut v) = self.samples.lock() {
             v.push(s);
         }
+    }
+}
+
+/// Times are stored at microsecond resolution: far finer than any latency we report, and it
+/// keeps `requests.jsonl` compact (`0.013022`, not `0.013022022162962998`).
+pub const TIME_RESOLUTION: f64 = 1e6;
+
+fn quantize_record(r: &mut RequestRecord) {
+    let q = |x: f64| quantize(x, TIME_RESOLUTION);
+    r.scheduled = q(r.scheduled);
+    r.sent = q(r.sent);
+    r.finish = q(r.finish);
+    r.first_token = r.first_token.map(q);
+    if !r.gaps.is_empty() {
+        let mut g = ChunkGaps::new();
+        for x in r.gaps.iter() {
+            g.push(q(x));
+        }
+        r.gaps = g;
     }
 }
 
@@ -436,10 +459,15 @@ pub async fn execute(args: &BenchArgs, stop: StopHandle) -> Result<RunResult, Be
         interrupted,
         started_unix,
     );
+    let client_queue = samples
+        .iter()
+        .map(|s| (s.slot - s.record.scheduled).max(0.0))
+        .collect();
     let records = samples.into_iter().map(|s| s.record).collect();
     let workload = Arc::try_unwrap(workload).unwrap_or_else(|w| (*w).clone());
     Ok(RunResult {
         records,
+        client_queue,
         client,
         model,
         endpoint_url,
@@ -523,10 +551,14 @@ async fn open_request(shared: Arc<Shared>, meta: RequestMeta, body: Vec<u8>, sch
     let stop = shared.stop.clone();
     let work = async {
         let (slot, _permit) = match &shared.cap {
-            Some(cap) => {
-                let p = cap.clone().acquire_owned().await.ok();
-                (shared.clock.now().max(scheduled), p)
-            }
+            // A free slot means no client queueing; otherwise the slot time is when one freed.
+            Some(cap) => match cap.clone().try_acquire_owned() {
+                Ok(p) => (scheduled, Some(p)),
+                Err(_) => {
+                    let p = cap.clone().acquire_owned().await.ok();
+                    (shared.clock.now().max(scheduled), p)
+                }
+            },
             None => (scheduled, None),
         };
         let mut record = shared.client.execute(&shared.clock, meta, body).await;

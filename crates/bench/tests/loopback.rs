@@ -10,7 +10,6 @@ use common::{Config, Fault};
 use switchyard_bench::{
     BenchArgs, BenchError, Dataset, Endpoint, ProgressMode, StopHandle, run, write_dir,
 };
-use switchyard_metrics::RequestRecord;
 
 fn args(url: &str) -> BenchArgs {
     let mut a = BenchArgs::with_url(url);
@@ -257,6 +256,8 @@ async fn chat_and_non_streaming() {
     a.output_len = Some(6);
     a.request_rate = Some(200.0);
     a.extra = Some(r#"{"temperature":0}"#.into());
+    a.api_key = Some("sk-test".into());
+    a.headers = vec!["X-Tenant: blue".into(), "x-trace:  1 ".into()];
     let o = run(&a, StopHandle::new()).await.unwrap();
     assert_eq!(o.summary.completed, 4, "{}", o.report);
     // Text prompts of 35 words; usage reports 35 prompt tokens (the fixture counts words).
@@ -264,6 +265,11 @@ async fn chat_and_non_streaming() {
     let bodies = server.bodies.lock().unwrap().clone();
     assert_eq!(bodies[0]["temperature"], 0);
     assert!(bodies[0]["messages"][0]["content"].is_string());
+    let h = &bodies[0]["_headers"];
+    assert_eq!(h["authorization"], "Bearer sk-test");
+    assert_eq!(h["x-tenant"], "blue");
+    assert_eq!(h["x-trace"], "1");
+    assert_eq!(h["content-type"], "application/json");
 
     a.no_stream = true;
     a.request_rate = None;
@@ -319,11 +325,12 @@ async fn stop_returns_partial_results_and_writes_them() {
     assert_eq!(summary["client"]["interrupted"], true);
     assert_eq!(summary["config"]["request_rate"], 50.0);
     let lines = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap();
-    let recs: Vec<RequestRecord> = lines
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = switchyard_metrics::parse_records_jsonl(&lines).unwrap();
     assert_eq!(recs, o.records);
+    // Times are stored at microsecond resolution.
+    for r in &recs {
+        assert_eq!(r.sent, (r.sent * 1e6).round() / 1e6);
+    }
     let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>"));
     assert!(html.contains("Requests in flight"));
@@ -449,4 +456,40 @@ async fn goodput_and_duration() {
     assert!(o.report.contains("Request goodput (req/s):"));
     assert!(!o.client.interrupted);
     assert!(s.end.unwrap() < 0.7, "sent after --duration: {:?}", s.end);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_cap_queues_client_side_and_reports_it() {
+    let server = common::start(Config {
+        ttft: Duration::from_millis(30),
+        ..Config::default()
+    })
+    .await;
+    let mut a = args(&server.url);
+    a.dataset = Some(Dataset::Random);
+    a.requests = Some(6);
+    a.input_len = Some(10);
+    a.output_len = Some(1);
+    a.request_rate = Some(f64::INFINITY); // all at once...
+    a.concurrency = Some(2); // ...but at most two in flight
+    let o = run(&a, StopHandle::new()).await.unwrap();
+    assert_eq!(o.summary.completed, 6);
+    assert_eq!(o.summary.peak_concurrency, 2);
+    // Requests 3..6 waited roughly one or two service times (30 ms) for a slot.
+    let waited = o.client_queue.iter().filter(|&&q| q > 0.020).count();
+    assert!(waited >= 4, "{:?}", o.client_queue);
+    let q = o.client.client_queue.unwrap();
+    assert!(q.max >= 0.055 && q.max < 0.2, "{q:?}");
+    // From the scheduled send, the queueing counts; from the actual send, it does not.
+    let s = &o.summary;
+    assert!(s.e2e_from_scheduled.unwrap().max > s.e2e.unwrap().max + 0.04);
+    assert!(
+        o.report.contains("waiting for a --concurrency slot"),
+        "{}",
+        o.report
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_dir(dir.path(), &a, &o).unwrap();
+    let lines = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap();
+    assert_eq!(lines.matches("\"client_queue\"").count(), waited);
 }

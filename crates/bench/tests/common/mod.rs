@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -118,12 +118,12 @@ async fn models(State(s): State<AppState>) -> impl IntoResponse {
     axum::Json(json!({"object": "list", "data": [{"id": s.cfg.model, "object": "model"}]}))
 }
 
-async fn completions(State(s): State<AppState>, body: String) -> Response {
-    generate(s, body, false).await
+async fn completions(State(s): State<AppState>, h: HeaderMap, body: String) -> Response {
+    generate(s, h, body, false).await
 }
 
-async fn chat(State(s): State<AppState>, body: String) -> Response {
-    generate(s, body, true).await
+async fn chat(State(s): State<AppState>, h: HeaderMap, body: String) -> Response {
+    generate(s, h, body, true).await
 }
 
 fn prompt_tokens(v: &Value, chat: bool) -> u64 {
@@ -157,7 +157,7 @@ fn chunk(chat: bool, model: &str, text: &str, finish: Option<&str>) -> String {
     format!("data: {v}\n\n")
 }
 
-async fn generate(s: AppState, body: String, chat: bool) -> Response {
+async fn generate(s: AppState, headers: HeaderMap, body: String, chat: bool) -> Response {
     let arrival = Instant::now();
     let i = s.requests.fetch_add(1, Ordering::SeqCst);
     let fault = s.cfg.faults[(i as usize) % s.cfg.faults.len().max(1)];
@@ -172,7 +172,14 @@ async fn generate(s: AppState, body: String, chat: bool) -> Response {
         }
     };
     if s.cfg.record_bodies {
-        s.bodies.lock().unwrap().push(v.clone());
+        // The request headers ride along under "_headers" (lower-case names).
+        let mut rec = v.clone();
+        rec["_headers"] = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or(""))))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        s.bodies.lock().unwrap().push(rec);
     }
     if fault == Fault::Http500 {
         return (
