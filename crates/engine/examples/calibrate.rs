@@ -96,6 +96,61 @@ fn main() {
         println!("- {d}");
     }
 
+    println!("\nFurther references (DeepSeek-V3 B200 TPOT calibrates trtllm moe_efficiency; the rest are out-of-sample):");
+    println!("| reference | measured | model | error |\n|---|---|---|---|");
+    let oos: Vec<(&str, EngineConfig, ClosedLoop, f64, f64)> = vec![
+        (
+            "Qwen3-32B BF16, H100 TP2, SGLang, 1024/128, c=64",
+            cfg("H100-SXM", "Qwen3-32B", WeightDtype::Bf16, 2, "sglang"),
+            ClosedLoop::new(64, 640, 1024, 128),
+            2530.0,
+            30.1,
+        ),
+        (
+            "Qwen3-32B FP8, H100 TP1, TensorRT-LLM, 1024/128, c=32",
+            cfg("H100-SXM", "Qwen3-32B", WeightDtype::Fp8, 1, "trtllm"),
+            ClosedLoop::new(32, 320, 1024, 128),
+            357.0,
+            36.2,
+        ),
+        (
+            "DeepSeek-V3 FP8, B200 TP8, TensorRT-LLM, 1024/8192, c=32",
+            EngineConfig { kv_dtype: KvDtype::Fp8, ..cfg("B200", "DeepSeek-V3", WeightDtype::Fp8, 8, "trtllm") },
+            ClosedLoop::new(32, 64, 1024, 8192),
+            262.0,
+            16.4,
+        ),
+    ];
+    for (name, c, w, ttft, tpot) in &oos {
+        let (r, _) = measure(&cat, c, w);
+        println!(
+            "| {name}: TTFT | {ttft} ms | {:.1} ms | {} |",
+            r.mean_ttft * 1e3,
+            err(r.mean_ttft * 1e3, *ttft)
+        );
+        println!(
+            "| {name}: TPOT | {tpot} ms | {:.2} ms | {} |",
+            r.mean_tpot * 1e3,
+            err(r.mean_tpot * 1e3, *tpot)
+        );
+    }
+    for (gpu, model, w, tp, name, reference) in [
+        ("H100-SXM", "Llama-3.1-70B", WeightDtype::Fp8, 2, "Llama-3.3-70B FP8, H100 TP2", 4_205.0),
+        ("B200", "Llama-3.1-70B", WeightDtype::Nvfp4, 1, "Llama-3.3-70B NVFP4, 1x B200", 7_007.0),
+    ] {
+        let c = EngineConfig {
+            kv_dtype: KvDtype::Fp8,
+            max_num_seqs: 2048,
+            ..cfg(gpu, model, w, tp, "trtllm")
+        };
+        let (r, _) = measure(&cat, &c, &ClosedLoop::new(3000, 3000, 1000, 1000));
+        println!(
+            "| {name}, TensorRT-LLM, 1000/1000 max throughput | {reference:.0} tok/s | {:.0} tok/s | {} |",
+            r.output_throughput,
+            err(r.output_throughput, reference)
+        );
+    }
+
     println!("\nSensitivity of the Qwen3-32B vLLM reference (TTFT ms / TPOT ms):");
     println!("| budget | turnaround 0 | 0-40 ms | 0-2 s |\n|---|---|---|---|");
     for budget in [2048u32, 4096, 8192] {
