@@ -96,7 +96,9 @@ fn main() {
         println!("- {d}");
     }
 
-    println!("\nFurther references (DeepSeek-V3 B200 TPOT calibrates trtllm moe_efficiency; the rest are out-of-sample):");
+    println!(
+        "\nFurther references (DeepSeek-V3 B200 TPOT calibrates trtllm moe_efficiency; the rest are out-of-sample):"
+    );
     println!("| reference | measured | model | error |\n|---|---|---|---|");
     let oos: Vec<(&str, EngineConfig, ClosedLoop, f64, f64)> = vec![
         (
@@ -115,7 +117,10 @@ fn main() {
         ),
         (
             "DeepSeek-V3 FP8, B200 TP8, TensorRT-LLM, 1024/8192, c=32",
-            EngineConfig { kv_dtype: KvDtype::Fp8, ..cfg("B200", "DeepSeek-V3", WeightDtype::Fp8, 8, "trtllm") },
+            EngineConfig {
+                kv_dtype: KvDtype::Fp8,
+                ..cfg("B200", "DeepSeek-V3", WeightDtype::Fp8, 8, "trtllm")
+            },
             ClosedLoop::new(32, 64, 1024, 8192),
             262.0,
             16.4,
@@ -135,8 +140,22 @@ fn main() {
         );
     }
     for (gpu, model, w, tp, name, reference) in [
-        ("H100-SXM", "Llama-3.1-70B", WeightDtype::Fp8, 2, "Llama-3.3-70B FP8, H100 TP2", 4_205.0),
-        ("B200", "Llama-3.1-70B", WeightDtype::Nvfp4, 1, "Llama-3.3-70B NVFP4, 1x B200", 7_007.0),
+        (
+            "H100-SXM",
+            "Llama-3.1-70B",
+            WeightDtype::Fp8,
+            2,
+            "Llama-3.3-70B FP8, H100 TP2",
+            4_205.0,
+        ),
+        (
+            "B200",
+            "Llama-3.1-70B",
+            WeightDtype::Nvfp4,
+            1,
+            "Llama-3.3-70B NVFP4, 1x B200",
+            7_007.0,
+        ),
     ] {
         let c = EngineConfig {
             kv_dtype: KvDtype::Fp8,
