@@ -20,6 +20,9 @@ pub(crate) struct BlockPool {
     tail: u32,
     free_len: u32,
     map: FxHashMap<BlockHash, u32>,
+    /// Bumped whenever a prefix lookup's answer could change (a hash appears or disappears,
+    /// a cached block enters or leaves the free queue), so callers can memoize lookups.
+    epoch: u64,
 }
 
 impl BlockPool {
@@ -33,11 +36,16 @@ impl BlockPool {
             tail: NIL,
             free_len: 0,
             map: FxHashMap::default(),
+            epoch: 0,
         };
         for b in 0..n {
             p.push_tail(b);
         }
         p
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     pub fn total(&self) -> u32 {
@@ -102,6 +110,7 @@ impl BlockPool {
         let b = self.map[&h];
         if self.refcnt[b as usize] == 0 {
             self.unlink(b);
+            self.epoch += 1;
         }
         self.refcnt[b as usize] += 1;
         b
@@ -117,6 +126,7 @@ impl BlockPool {
         self.refcnt[b as usize] = 1;
         if let Some(h) = self.hash[b as usize].take() {
             self.map.remove(&h);
+            self.epoch += 1;
             if let Some(ev) = events {
                 match ev.last_mut() {
                     Some(KvEvent::Removed { blocks }) => blocks.push(h),
@@ -134,6 +144,9 @@ impl BlockPool {
         self.refcnt[i] -= 1;
         if self.refcnt[i] == 0 {
             self.push_tail(b);
+            if self.hash[i].is_some() {
+                self.epoch += 1;
+            }
         }
     }
 
@@ -145,6 +158,7 @@ impl BlockPool {
         }
         self.map.insert(h, b);
         self.hash[b as usize] = Some(h);
+        self.epoch += 1;
         true
     }
 
@@ -154,6 +168,7 @@ impl BlockPool {
         for h in &mut self.hash {
             *h = None;
         }
+        self.epoch += 1;
     }
 }
 

@@ -253,6 +253,10 @@ struct Rank {
     /// Σ (prompt + generated − computed) over sequences this rank still has to prefill
     /// (waiting and prefilling; recomputes included; decode-role reservations excluded).
     pending: u64,
+    /// Last prefix lookup of a waiting head: (slot, pool epoch, hash limit) -> (hit, free
+    /// hits). A head blocked on KV is re-examined every step; with long prompts the lookup
+    /// would cost thousands of hash probes per step.
+    memo: Option<(u32, u64, usize, usize, u32)>,
 }
 
 /// One simulated engine worker (one scheduler per DP rank, stepping in lockstep).
@@ -441,6 +445,7 @@ impl Engine {
                 events: Vec::new(),
                 done: Vec::new(),
                 pending: 0,
+                memo: None,
             })
             .collect();
         Ok(Engine {
@@ -606,6 +611,20 @@ impl Engine {
                 .filter(|q| self.cfg.role != Role::Decode || q.generated > 0)
                 .map(|q| (q.prompt + q.generated - q.computed) as u64)
                 .sum();
+            if let Some((slot, epoch, len, hit, free_hits)) = r.memo
+                && epoch == r.pool.epoch()
+            {
+                let q = self.slab[slot as usize]
+                    .as_ref()
+                    .ok_or(format!("rank {i}: memo for a freed slot {slot}"))?;
+                let fresh = r.pool.lookup(&q.hashes[..len.min(q.hashes.len())]);
+                if fresh != (hit, free_hits) {
+                    return Err(format!(
+                        "rank {i}: stale prefix memo {:?} != {fresh:?}",
+                        (hit, free_hits)
+                    ));
+                }
+            }
             if pending != r.pending {
                 return Err(format!(
                     "rank {i}: pending prefill {} != recount {pending}",
@@ -767,7 +786,7 @@ impl Engine {
         };
         let rank = &mut self.ranks[r];
         let (hit, free_hits) = if self.cfg.prefix_caching {
-            rank.pool.lookup(&seq.hashes)
+            memo_lookup(rank, slot, &seq.hashes)
         } else {
             (0, 0)
         };
@@ -908,6 +927,11 @@ impl Engine {
     /// Free a request's blocks (reverse order, so its tail is evicted first) and its slot.
     fn remove(&mut self, slot: u32) {
         if let Some(seq) = self.slab[slot as usize].take() {
+            for r in &mut self.ranks {
+                if r.memo.is_some_and(|m| m.0 == slot) {
+                    r.memo = None;
+                }
+            }
             let pool = &mut self.ranks[seq.rank as usize].pool;
             for &b in seq.blocks.iter().rev() {
                 pool.release(b);
@@ -1328,10 +1352,9 @@ impl Engine {
         let target = seq.prompt + seq.generated;
         // At least one token must be computed to produce logits.
         let max_hit = ((target - 1) / bs) as usize;
-        let rank = &self.ranks[r];
+        let rank = &mut self.ranks[r];
         let (hit, free_hits) = if self.cfg.prefix_caching {
-            rank.pool
-                .lookup(&seq.hashes[..seq.hashes.len().min(max_hit)])
+            memo_lookup(rank, slot, &seq.hashes[..seq.hashes.len().min(max_hit)])
         } else {
             (0, 0)
         };
@@ -1538,6 +1561,21 @@ fn register_blocks(
         });
     }
     seq.registered = seq.registered.max(full);
+}
+
+/// Prefix lookup memoized on (slot, pool epoch, slice length).
+fn memo_lookup(rank: &mut Rank, slot: u32, hashes: &[BlockHash]) -> (usize, u32) {
+    let epoch = rank.pool.epoch();
+    if let Some((s, e, l, hit, free_hits)) = rank.memo
+        && s == slot
+        && e == epoch
+        && l == hashes.len()
+    {
+        return (hit, free_hits);
+    }
+    let (hit, free_hits) = rank.pool.lookup(hashes);
+    rank.memo = Some((slot, epoch, hashes.len(), hit, free_hits));
+    (hit, free_hits)
 }
 
 fn add_dec(rank: &mut Rank, ctx: u32, k: u32) {
