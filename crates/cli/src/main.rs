@@ -18,6 +18,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// List the GPUs, models and engine profiles the simulator knows.
+    #[command(long_about = CATALOG_HELP)]
+    Catalog {
+        /// Extra catalog folder with gpus/, models/ and engines/ TOML files (added to, or
+        /// overriding, the built-in ones).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Simulate deployments in virtual time on a request trace and compare them.
     #[command(subcommand)]
     Lab(lab_cmd::LabCommand),
@@ -26,9 +34,24 @@ enum Command {
     Trace(trace_cmd::TraceCommand),
 }
 
+const CATALOG_HELP: &str = "\
+List the GPUs, models and engine profiles the simulated engines know (from the TOML files under
+data/catalog/, compiled in). Add a GPU or a model by writing a file like the built-in ones into a
+folder (gpus/NAME.toml, models/NAME.toml, engines/NAME.toml) and passing --dir (or --catalog to
+`lab ab`).";
+
 fn main() -> ExitCode {
+    // Behave like other command-line tools when the reader of our output goes away
+    // (`switchyard ... | head`): exit quietly instead of failing to print.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Catalog { dir } => switchyard_engine::Catalog::load(dir.as_deref())
+            .map(|c| print!("{}", c.render_table()))
+            .map_err(Into::into),
         Command::Lab(cmd) => lab_cmd::run(cmd),
         Command::Trace(cmd) => trace_cmd::run(cmd),
     };

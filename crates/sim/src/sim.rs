@@ -223,14 +223,12 @@ impl<'a> Sim<'a> {
         let mut kv_bytes_per_token = None;
         let mut block_size = None;
         for (gi, g) in dep.groups.iter().enumerate() {
-            let role = match g.engine.role {
-                Role::Aggregated => "aggregated",
-                Role::Prefill => "prefill",
-                Role::Decode => "decode",
-            };
+            let role = role_name(g.engine.role);
             let mut cfg = g.engine.clone();
-            // Events cost work; only produce them when the router consumes them.
-            cfg.kv_events = dep.router.kv_feed != switchyard_route::KvFeed::Approximate;
+            // Events cost work; only produce them when the router consumes them: a KV-aware
+            // policy (or a disaggregated pair choice, which is KV-aware) fed by events.
+            let kv_policy = dep.router.policy == switchyard_route::PolicyKind::Kv || dep.is_disaggregated();
+            cfg.kv_events = kv_policy && dep.router.kv_feed != switchyard_route::KvFeed::Approximate;
             let engine = Engine::new(catalog, &cfg).map_err(|source| SimError::Engine {
                 deployment: dep.name.clone(),
                 group: gi + 1,
@@ -772,11 +770,7 @@ impl<'a> Sim<'a> {
             steps += st.steps;
             workers.push(WorkerReport {
                 name: wk.name.clone(),
-                role: match wk.role {
-                    Role::Aggregated => "aggregated",
-                    Role::Prefill => "prefill",
-                    Role::Decode => "decode",
-                },
+                role: role_name(wk.role),
                 gpus: wk.gpus,
                 description: wk.engine.description().to_string(),
                 kv_capacity_tokens: wk.engine.kv_capacity_tokens(),
@@ -799,14 +793,33 @@ impl<'a> Sim<'a> {
         }
         let mut routing = self.routing.clone();
         routing.mean_overlap_blocks = self.overlap_sum as f64 / routing.decisions.max(1) as f64;
-        let first = &self.workers[0];
-        let description = format!(
-            "{} workers / {} GPUs; {}; KV capacity {} tokens per worker",
-            self.workers.len(),
-            gpus,
-            first.engine.description(),
-            first.engine.kv_capacity_tokens()
-        );
+        // One clause per run of identical workers: "6x prefill [Qwen3-32B BF16 on 2x H200 TP2, vllm] KV 754,256 tok".
+        let mut parts: Vec<String> = Vec::new();
+        let mut k = 0;
+        while k < self.workers.len() {
+            let wk = &self.workers[k];
+            let n = self.workers[k..].iter().take_while(|o| o.role == wk.role && o.gpus == wk.gpus).count();
+            let c = wk.engine.config();
+            let mut par = format!("TP{}", c.tp);
+            if c.dp > 1 {
+                par.push_str(&format!(" DP{}", c.dp));
+            }
+            if c.ep > 1 {
+                par.push_str(&format!(" EP{}", c.ep));
+            }
+            parts.push(format!(
+                "{n}x {} [{} {} on {}x {} {par}, {}] KV {} tokens each",
+                role_name(wk.role),
+                c.model,
+                c.weight_dtype.name(),
+                c.gpus(),
+                c.gpu,
+                c.engine,
+                thousands(wk.engine.kv_capacity_tokens())
+            ));
+            k += n;
+        }
+        let description = format!("{} GPUs: {}", gpus, parts.join(" + "));
         SimOutput {
             description,
             records,
@@ -816,6 +829,26 @@ impl<'a> Sim<'a> {
             routing,
             steps,
         }
+    }
+}
+
+fn thousands(v: u64) -> String {
+    let d = v.to_string();
+    let mut out = String::new();
+    for (i, ch) in d.chars().enumerate() {
+        if i > 0 && (d.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Aggregated => "aggregated",
+        Role::Prefill => "prefill",
+        Role::Decode => "decode",
     }
 }
 
