@@ -205,16 +205,14 @@ impl RequestRecord {
                 return Err(bad(format!("{name} is negative ({v})")));
             }
         }
-        for run in &self.gaps.runs {
-            if !run.gap.is_finite() || run.gap < 0.0 {
-                return Err(bad(format!(
-                    "chunk gap {} is negative or not finite",
-                    run.gap
-                )));
-            }
-            if run.count == 0 {
-                return Err(bad("chunk gap run with count 0".into()));
-            }
+        // Run counts are >= 1 by construction; only the values can be bad.
+        if let Some(g) = self
+            .gaps
+            .values
+            .iter()
+            .find(|g| !(g.is_finite() && **g >= 0.0))
+        {
+            return Err(bad(format!("chunk gap {g} is negative or not finite")));
         }
         Ok(())
     }
@@ -281,7 +279,10 @@ pub struct GapRun {
 /// "ITL" is per chunk too).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChunkGaps {
-    runs: Vec<GapRun>,
+    /// One value per run, in order. A live stream (every gap distinct) costs 8 bytes per gap.
+    values: Vec<f64>,
+    /// `(run index, count)` for the runs longer than one, ascending by index.
+    repeats: Vec<(u32, u32)>,
     /// Total number of gaps (sum of run counts), kept so `len` is O(1).
     n: usize,
 }
@@ -291,17 +292,17 @@ impl ChunkGaps {
         Self::default()
     }
 
-    /// Room for `runs` runs without reallocating (e.g. the expected output length).
-    pub fn with_capacity(runs: usize) -> Self {
+    /// Room for `gaps` distinct gaps without reallocating (e.g. the expected output length).
+    pub fn with_capacity(gaps: usize) -> Self {
         ChunkGaps {
-            runs: Vec::with_capacity(runs),
-            n: 0,
+            values: Vec::with_capacity(gaps),
+            ..Self::default()
         }
     }
 
     /// Gaps between consecutive absolute chunk times (`times[0]` is the first token).
     pub fn from_times(times: &[f64]) -> Self {
-        let mut g = ChunkGaps::new();
+        let mut g = ChunkGaps::with_capacity(times.len().saturating_sub(1));
         for w in times.windows(2) {
             g.push(w[1] - w[0]);
         }
@@ -319,19 +320,68 @@ impl ChunkGaps {
             return;
         }
         self.n += count as usize;
-        match self.runs.last_mut() {
-            Some(last)
-                if last.gap.to_bits() == gap.to_bits()
-                    && last.count.checked_add(count).is_some() =>
-            {
-                last.count += count
+        if let Some(&last) = self.values.last()
+            && last.to_bits() == gap.to_bits()
+        {
+            let idx = (self.values.len() - 1) as u32;
+            match self.repeats.last_mut() {
+                Some((i, c)) if *i == idx => {
+                    if let Some(sum) = c.checked_add(count) {
+                        *c = sum;
+                        return;
+                    }
+                }
+                _ => {
+                    if let Some(sum) = count.checked_add(1) {
+                        self.repeats.push((idx, sum));
+                        return;
+                    }
+                }
             }
-            _ => self.runs.push(GapRun { gap, count }),
+        }
+        // A new run (or a run that would overflow its u32 count).
+        if count > 1 {
+            self.repeats.push((self.values.len() as u32, count));
+        }
+        self.values.push(gap);
+    }
+
+    /// The runs, in order.
+    pub fn runs(&self) -> impl Iterator<Item = GapRun> + '_ {
+        let mut rep = self.repeats.iter().peekable();
+        self.values.iter().enumerate().map(move |(i, &gap)| {
+            let count = match rep.peek() {
+                Some(&&(j, c)) if j as usize == i => {
+                    rep.next();
+                    c
+                }
+                _ => 1,
+            };
+            GapRun { gap, count }
+        })
+    }
+
+    /// Call `f(gap, count)` for every run, in order (a tight loop, for hot paths).
+    pub fn for_each_run(&self, mut f: impl FnMut(f64, u32)) {
+        if self.repeats.is_empty() {
+            self.values.iter().for_each(|&g| f(g, 1));
+            return;
+        }
+        let mut next = 0;
+        for (i, &g) in self.values.iter().enumerate() {
+            match self.repeats.get(next) {
+                Some(&(j, c)) if j as usize == i => {
+                    next += 1;
+                    f(g, c)
+                }
+                _ => f(g, 1),
+            }
         }
     }
 
-    pub fn runs(&self) -> &[GapRun] {
-        &self.runs
+    /// Number of runs.
+    pub fn run_count(&self) -> usize {
+        self.values.len()
     }
 
     /// Number of gaps (chunks minus one).
@@ -340,13 +390,13 @@ impl ChunkGaps {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.runs.is_empty()
+        self.n == 0
     }
 
     /// Append every gap, in order, to `out` (fast path for pooling).
     pub fn extend_into(&self, out: &mut Vec<f64>) {
-        if self.runs.len() == self.n {
-            out.extend(self.runs.iter().map(|r| r.gap));
+        if self.repeats.is_empty() {
+            out.extend_from_slice(&self.values);
         } else {
             out.extend(self.iter());
         }
@@ -354,21 +404,20 @@ impl ChunkGaps {
 
     /// Every gap, in order.
     pub fn iter(&self) -> impl Iterator<Item = f64> + '_ {
-        self.runs
-            .iter()
+        self.runs()
             .flat_map(|r| std::iter::repeat_n(r.gap, r.count as usize))
     }
 
     /// Sum of all gaps (= last chunk time - first chunk time).
     pub fn total(&self) -> f64 {
-        self.runs.iter().map(|r| r.gap * f64::from(r.count)).sum()
+        self.runs().map(|r| r.gap * f64::from(r.count)).sum()
     }
 }
 
 impl Serialize for ChunkGaps {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.runs.len()))?;
-        for r in &self.runs {
+        let mut seq = s.serialize_seq(Some(self.run_count()))?;
+        for r in self.runs() {
             if r.count == 1 {
                 seq.serialize_element(&r.gap)?;
             } else {
@@ -448,7 +497,36 @@ mod tests {
         g.push_run(0.02, 3);
         g.push(0.03);
         g.push(0.02);
-        assert_eq!(g.runs().len(), 3);
+        assert_eq!(g.run_count(), 3);
+        assert_eq!(
+            g.runs().collect::<Vec<_>>(),
+            vec![
+                GapRun {
+                    gap: 0.02,
+                    count: 5
+                },
+                GapRun {
+                    gap: 0.03,
+                    count: 1
+                },
+                GapRun {
+                    gap: 0.02,
+                    count: 1
+                }
+            ]
+        );
+        // Overflowing a run's u32 count starts a new run instead of losing gaps.
+        let mut big = ChunkGaps::new();
+        big.push_run(0.5, u32::MAX);
+        big.push_run(0.5, 2);
+        assert_eq!(big.len(), u32::MAX as usize + 2);
+        assert_eq!(big.run_count(), 2);
+        big.push(0.5);
+        assert_eq!(big.len(), u32::MAX as usize + 3);
+        assert_eq!(
+            big.runs().map(|r| r.count as u64).sum::<u64>(),
+            u32::MAX as u64 + 3
+        );
         assert_eq!(g.len(), 7);
         assert_eq!(
             g.iter().collect::<Vec<_>>(),

@@ -207,12 +207,12 @@ impl Summary {
 /// equal gaps, which are summarised without expanding them; live streams (one run per gap) go
 /// through linear-time selection on the plain values.
 fn pooled_gap_stats(ok: &[&RequestRecord]) -> Option<Stats> {
-    let runs: usize = ok.iter().map(|r| r.gaps.runs().len()).sum();
+    let runs: usize = ok.iter().map(|r| r.gaps.run_count()).sum();
     let gaps: usize = ok.iter().map(|r| r.gaps.len()).sum();
     if runs * 2 <= gaps {
         let mut v: Vec<(f64, u32)> = Vec::with_capacity(runs);
         for r in ok {
-            v.extend(r.gaps.runs().iter().map(|g| (g.gap, g.count)));
+            r.gaps.for_each_run(|g, c| v.push((g, c)));
         }
         Stats::from_runs(&mut v)
     } else {
@@ -267,8 +267,7 @@ fn peak_chunks_per_second(ok: &[&RequestRecord], start: f64) -> Option<f64> {
         let Some(first) = r.first_token else { continue };
         let mut x = first - start; // time of the latest chunk, relative to start
         add(bin_of(x), 1);
-        for run in r.gaps.runs() {
-            let (g, k) = (run.gap, run.count);
+        r.gaps.for_each_run(|g, k| {
             let end = x + g * f64::from(k);
             if g <= 0.0 || bin_of(x + g) == bin_of(end) {
                 add(bin_of(end), k);
@@ -295,7 +294,7 @@ fn peak_chunks_per_second(ok: &[&RequestRecord], start: f64) -> Option<f64> {
                 add(b1, k - prev.min(k));
             }
             x = end;
-        }
+        });
     }
     bins.into_iter()
         .chain(far.into_values())
