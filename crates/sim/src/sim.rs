@@ -227,8 +227,10 @@ impl<'a> Sim<'a> {
             let mut cfg = g.engine.clone();
             // Events cost work; only produce them when the router consumes them: a KV-aware
             // policy (or a disaggregated pair choice, which is KV-aware) fed by events.
-            let kv_policy = dep.router.policy == switchyard_route::PolicyKind::Kv || dep.is_disaggregated();
-            cfg.kv_events = kv_policy && dep.router.kv_feed != switchyard_route::KvFeed::Approximate;
+            let kv_policy =
+                dep.router.policy == switchyard_route::PolicyKind::Kv || dep.is_disaggregated();
+            cfg.kv_events =
+                kv_policy && dep.router.kv_feed != switchyard_route::KvFeed::Approximate;
             let engine = Engine::new(catalog, &cfg).map_err(|source| SimError::Engine {
                 deployment: dep.name.clone(),
                 group: gi + 1,
@@ -240,9 +242,8 @@ impl<'a> Sim<'a> {
                     "every group must use the same KV block_size".into(),
                 ));
             }
-            // The whole request's KV: per-GPU bytes × the TP GPUs of its DP rank (MLA keeps a
-            // full latent copy per GPU; each GPU sends its copy over its own NIC).
-            let kvb = (engine.memory_plan().kv_bytes_per_token_gpu * cfg.tp as u64) as f64;
+            // What a transfer moves per token: the whole model's KV, unsharded.
+            let kvb = engine.kv_bytes_per_token() as f64;
             let prev = *kv_bytes_per_token.get_or_insert(kvb);
             if (prev - kvb).abs() > 0.5 && dep.is_disaggregated() {
                 return Err(invalid(
@@ -591,7 +592,8 @@ impl<'a> Sim<'a> {
         self.completed = done;
     }
 
-    /// Step worker `w` while its next step starts before `limit`.
+    /// Step worker `w` while its next step starts before `limit`, in the engine's tight loop;
+    /// it returns at every visible step (first token, completion, KV event...).
     fn run_worker(&mut self, w: usize, limit: f64) {
         loop {
             let wk = &mut self.workers[w];
@@ -599,18 +601,11 @@ impl<'a> Sim<'a> {
             if start >= limit {
                 return;
             }
-            // One step at a time: every step's end is a token time for the decoding requests.
-            let a = wk
-                .engine
-                .advance_until(start, start + start.abs() * 1e-15 + 1e-12);
-            if a.idle {
-                return;
-            }
-            wk.timeline.push(a.time);
-            let idx = (wk.timeline.len() - 1) as u32;
-            if let Some(out) = a.outcome {
-                self.on_step(w, idx, &out);
-            }
+            // Every step's end is a token time for the requests decoding in it.
+            let a = wk.engine.advance_recording(start, limit, &mut wk.timeline);
+            let Some(out) = a.outcome else { return };
+            let idx = (self.workers[w].timeline.len() - 1) as u32;
+            self.on_step(w, idx, &out);
         }
     }
 
@@ -798,7 +793,10 @@ impl<'a> Sim<'a> {
         let mut k = 0;
         while k < self.workers.len() {
             let wk = &self.workers[k];
-            let n = self.workers[k..].iter().take_while(|o| o.role == wk.role && o.gpus == wk.gpus).count();
+            let n = self.workers[k..]
+                .iter()
+                .take_while(|o| o.role == wk.role && o.gpus == wk.gpus)
+                .count();
             let c = wk.engine.config();
             let mut par = format!("TP{}", c.tp);
             if c.dp > 1 {
