@@ -17,6 +17,7 @@ pub mod hash;
 pub mod index;
 mod table;
 pub mod translate;
+pub mod wire;
 
 pub use approx::{ApproxConfig, ApproxIndex, IndexMode, KvIndexer};
 pub use error::KvError;
