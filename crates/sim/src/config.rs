@@ -30,6 +30,8 @@
 //! [network]           # KV transfer between prefill and decode workers
 //! setup_ms = 1.0
 //! efficiency = 0.85
+//! # nic_gb_s = 50.0         # per GPU; default: the GPU's catalog value
+//! transfer = "after-prefill" # or "layerwise" (streamed while the prefill computes)
 //! ```
 
 use std::path::Path;
@@ -100,6 +102,20 @@ impl Default for EventsConfig {
     }
 }
 
+/// When the prefill worker's KV starts moving.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransferMode {
+    /// After the prefill finishes (vLLM's NIXL connector: the decode worker pulls the KV once
+    /// the prefill response is back).
+    #[default]
+    AfterPrefill,
+    /// Layer by layer while the prefill computes (TensorRT-LLM / Mooncake-style layer-wise
+    /// streaming): when the prefill ends, only what the link could not carry during it remains,
+    /// and at least the last layer's share.
+    Layerwise,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetworkConfig {
@@ -109,6 +125,8 @@ pub struct NetworkConfig {
     pub efficiency: f64,
     /// NIC bandwidth per GPU in GB/s; default: the GPU's catalog value.
     pub nic_gb_s: Option<f64>,
+    /// `after-prefill` (default) or `layerwise` (overlapped with the prefill).
+    pub transfer: TransferMode,
 }
 
 impl Default for NetworkConfig {
@@ -117,6 +135,7 @@ impl Default for NetworkConfig {
             setup_ms: defaults::TRANSFER_SETUP_MS,
             efficiency: defaults::NIC_EFFICIENCY,
             nic_gb_s: None,
+            transfer: TransferMode::AfterPrefill,
         }
     }
 }

@@ -18,7 +18,7 @@ pub mod config;
 pub mod network;
 mod sim;
 
-pub use config::{Deployment, EventsConfig, Group, NetworkConfig};
+pub use config::{Deployment, EventsConfig, Group, NetworkConfig, TransferMode};
 pub use sim::{RoutingReport, RunOptions, SimOutput, WorkerReport, simulate};
 
 /// Everything that can stop a simulation, each naming its source.

@@ -11,7 +11,7 @@ use switchyard_route::{Router, Ticket};
 use switchyard_trace::Trace;
 
 use crate::SimError;
-use crate::config::Deployment;
+use crate::config::{Deployment, TransferMode};
 use crate::network::{Completed, Network};
 
 /// Knobs of one run that are not part of the deployment.
@@ -187,6 +187,8 @@ struct Sim<'a> {
     /// First network link of each worker (one link per DP rank).
     link_base: Vec<usize>,
     kv_bytes_per_token: f64,
+    /// Layer-wise transfer: usable bytes/s of a prefill rank's link and the model's layers.
+    layerwise: Option<(Vec<f64>, f64)>,
     event_lag: f64,
     inbox: BinaryHeap<Timed>,
     seq: u64,
@@ -284,6 +286,11 @@ impl<'a> Sim<'a> {
                 });
             }
         }
+        let link_bw_copy = link_bw.clone();
+        let layers = workers
+            .first()
+            .and_then(|w: &Worker| catalog.model(&w.engine.config().model).ok())
+            .map_or(1.0, |m| m.layers as f64);
         let keys = |idx: &[usize], ws: &[Worker]| -> Vec<WorkerKey> {
             idx.iter()
                 .flat_map(|&w| {
@@ -342,6 +349,8 @@ impl<'a> Sim<'a> {
             net: Network::new(link_bw, dep.network.setup_ms / 1e3),
             link_base,
             kv_bytes_per_token: kv_bytes_per_token.unwrap_or(0.0),
+            layerwise: (dep.network.transfer == TransferMode::Layerwise)
+                .then(|| (link_bw_copy, layers)),
             event_lag: dep.events.lag_ms / 1e3,
             inbox: BinaryHeap::new(),
             seq: 0,
@@ -509,9 +518,15 @@ impl<'a> Sim<'a> {
             self.link_base[pw] + prank as usize,
             self.link_base[dw] + drank as usize,
         );
+        let mut bytes = uncached * self.kv_bytes_per_token;
+        if let (Some((bw, layers)), Some(started)) = (&self.layerwise, self.reqs[i].started) {
+            // Streamed while the prefill computed: what the link could carry by now is gone,
+            // the last layer's KV always remains.
+            let streamed = bw[src] * (t - started).max(0.0);
+            bytes = (bytes - streamed).max(bytes / layers);
+        }
         self.reqs[i].xfer = Some((t, None));
-        self.net
-            .start(i as u64, src, dst, uncached * self.kv_bytes_per_token, t);
+        self.net.start(i as u64, src, dst, bytes, t);
     }
 
     fn kv_arrived(&mut self, i: usize, at: f64) {

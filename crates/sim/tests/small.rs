@@ -196,3 +196,26 @@ fn bad_deployments_name_the_problem() {
     .to_string();
     assert!(err.contains("fit"), "{err}");
 }
+
+#[test]
+fn layerwise_transfer_overlaps_the_prefill() {
+    let t = trace(5, 1000.0);
+    let after = run(DISAGG, &t);
+    let lw = run(
+        &format!("{DISAGG}\n[network]\ntransfer = \"layerwise\"\n"),
+        &t,
+    );
+    for (a, b) in after.records.iter().zip(&lw.records) {
+        let (xa, xb) = (a.kv_transfer.unwrap(), b.kv_transfer.unwrap());
+        assert!(xb < xa, "layerwise {xb} should beat after-prefill {xa}");
+        assert!(b.ttft().unwrap() < a.ttft().unwrap());
+    }
+    // A slow NIC makes the transfer visible in TTFT: 2048 tokens x 256 KiB at 1 GB/s x 2 GPUs.
+    let slow = run(
+        &format!("{DISAGG}\n[network]\nnic_gb_s = 1.0\nefficiency = 1.0\n"),
+        &t,
+    );
+    let x = slow.records[0].kv_transfer.unwrap();
+    let expect = 0.001 + 2048.0 * 262_144.0 / 2e9;
+    assert!((x - expect).abs() < 1e-3, "{x} vs {expect}");
+}
