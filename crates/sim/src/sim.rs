@@ -350,7 +350,7 @@ impl<'a> Sim<'a> {
             link_base,
             kv_bytes_per_token: kv_bytes_per_token.unwrap_or(0.0),
             layerwise: (dep.network.transfer == TransferMode::Layerwise)
-                .then(|| (link_bw_copy, layers)),
+                .then_some((link_bw_copy, layers)),
             event_lag: dep.events.lag_ms / 1e3,
             inbox: BinaryHeap::new(),
             seq: 0,
