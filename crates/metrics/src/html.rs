@@ -127,7 +127,7 @@ pub fn render_html_with_notes(title: &str, notes: &[String], runs: &[ReportRun])
     }
 
     // Comparison / key-figures table.
-    h.push_str("<h2>Summary</h2>\n");
+    h.push_str("<h2 id=\"summary\">Summary</h2>\n");
     comparison_table(&mut h, &summaries);
     if let [a, b] = summaries.as_slice() {
         let _ = writeln!(
@@ -160,7 +160,7 @@ pub fn render_html_with_notes(title: &str, notes: &[String], runs: &[ReportRun])
     }
 
     // Distributions.
-    h.push_str("<h2>Latency distributions</h2>\n<div class=\"charts\">\n");
+    h.push_str("<h2 id=\"distributions\">Latency distributions</h2>\n<div class=\"charts\">\n");
     let ms = |v: f64| v * 1000.0;
     let cdf = |name: &str, f: &dyn Fn(&RequestRecord) -> Option<f64>| -> LineChart {
         let lines: Vec<Line> = runs
@@ -198,7 +198,7 @@ pub fn render_html_with_notes(title: &str, notes: &[String], runs: &[ReportRun])
     h.push_str("</div>\n");
 
     // Timelines.
-    h.push_str("<h2>Over time</h2>\n<div class=\"charts\">\n");
+    h.push_str("<h2 id=\"over-time\">Over time</h2>\n<div class=\"charts\">\n");
     let origins: Vec<f64> = runs.iter().map(origin).collect();
     let span = runs
         .iter()
@@ -290,7 +290,7 @@ pub fn render_html_with_notes(title: &str, notes: &[String], runs: &[ReportRun])
 
     // Gauges sampled by the producer, one chart per (run, chart title).
     if runs.iter().any(|r| !r.series.is_empty()) {
-        h.push_str("<h2>Fleet state over time</h2>\n<div class=\"charts\">\n");
+        h.push_str("<h2 id=\"fleet\">Fleet state over time</h2>\n<div class=\"charts\">\n");
         for (i, (r, o)) in runs.iter().zip(&origins).enumerate() {
             let mut groups: BTreeMap<&str, Vec<&TimeSeries>> = BTreeMap::new();
             for s in r.series {
@@ -359,7 +359,7 @@ pub fn render_html_with_notes(title: &str, notes: &[String], runs: &[ReportRun])
     h
 }
 
-const DEFINITIONS: &str = r#"<h2>Definitions</h2>
+const DEFINITIONS: &str = r#"<h2 id="definitions">Definitions</h2>
 <dl>
 <dt>TTFT</dt><dd>First token time minus send time (arrival time in simulation).</dd>
 <dt>TPOT</dt><dd>Per request, first token excluded: (E2E - TTFT) / (output tokens - 1), for at least 2 output tokens. AIPerf calls it inter_token_latency; it is the "itl" of SLA strings.</dd>
