@@ -159,7 +159,10 @@ impl Summary {
         let itl = pooled_gap_stats(&ok);
         let mut lags: Vec<f64> = records.iter().map(|r| r.dispatch_lag()).collect();
 
-        let goodput = opts.slo.as_ref().map(|slo| Goodput::of(records, slo, duration));
+        let goodput = opts
+            .slo
+            .as_ref()
+            .map(|slo| Goodput::of(records, slo, duration));
 
         Ok(Summary {
             label: opts.label.clone(),
