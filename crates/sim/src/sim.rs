@@ -191,6 +191,7 @@ struct Sim<'a> {
     layerwise: Option<(Vec<f64>, f64)>,
     event_lag: f64,
     inbox: BinaryHeap<Timed>,
+    kv_batch: Vec<(WorkerKey, KvEvent)>,
     seq: u64,
     reqs: Vec<Req>,
     routing: RoutingReport,
@@ -353,6 +354,7 @@ impl<'a> Sim<'a> {
                 .then_some((link_bw_copy, layers)),
             event_lag: dep.events.lag_ms / 1e3,
             inbox: BinaryHeap::new(),
+            kv_batch: Vec::new(),
             seq: 0,
             reqs: (0..n).map(|_| Req::default()).collect(),
             routing,
@@ -378,23 +380,38 @@ impl<'a> Sim<'a> {
         });
     }
 
-    /// Apply everything the router would have learned by `t`.
+    /// Apply everything the router would have learned by `t`, in time order. Runs of KV
+    /// events go to the index as one batch (it prefetches across events).
     fn drain_inbox(&mut self, t: f64) {
+        let mut batch = std::mem::take(&mut self.kv_batch);
         while self.inbox.peek().is_some_and(|x| x.at <= t) {
             let Some(x) = self.inbox.pop() else { break };
+            if let Notice::Kv(key, ev) = x.notice {
+                batch.push((key, ev));
+                continue;
+            }
+            self.flush_kv(&mut batch);
+            // Tickets are ours and used in order; a stale one would be a bug the router
+            // counts (`stale_ticket_uses`), never a crash.
             match x.notice {
-                Notice::Kv(key, ev) => {
-                    self.router.apply_event(key, &ev);
-                    self.routing.kv_events_applied += 1;
-                }
-                // Tickets are ours and used in order; a stale one would be a bug we count, not crash on.
                 Notice::FirstToken(t) => {
                     let _ = self.router.first_token(t);
                 }
                 Notice::Finish(t) => {
                     let _ = self.router.finish(t);
                 }
+                Notice::Kv(..) => {}
             }
+        }
+        self.flush_kv(&mut batch);
+        self.kv_batch = batch;
+    }
+
+    fn flush_kv(&mut self, batch: &mut Vec<(WorkerKey, KvEvent)>) {
+        if !batch.is_empty() {
+            self.router.apply_events(batch);
+            self.routing.kv_events_applied += batch.len() as u64;
+            batch.clear();
         }
     }
 
@@ -461,10 +478,16 @@ impl<'a> Sim<'a> {
     /// Admit request `i` to a front worker (aggregated or prefill).
     fn admit(&mut self, i: usize, w: usize, rank: u32, max_output: u32, t: f64) {
         let tr = &self.trace.requests[i];
+        // The hashes are still needed later only when a decode worker takes over.
+        let block_hashes = if self.disagg {
+            self.reqs[i].hashes.clone()
+        } else {
+            std::mem::take(&mut self.reqs[i].hashes)
+        };
         let req = Request {
             id: i as u64,
             prompt_tokens: tr.input_length,
-            block_hashes: self.reqs[i].hashes.clone(),
+            block_hashes,
             max_output_tokens: max_output,
             dp_rank: Some(rank),
         };
@@ -487,7 +510,8 @@ impl<'a> Sim<'a> {
         let req = Request {
             id: i as u64,
             prompt_tokens: tr.input_length,
-            block_hashes: self.reqs[i].hashes.clone(),
+            // Last use of the hashes.
+            block_hashes: std::mem::take(&mut self.reqs[i].hashes),
             // The decode worker generates every token the client sees (vLLM's P/D flow: the
             // prefill worker's single token is not streamed).
             max_output_tokens: tr.output_length + 1,
