@@ -6,6 +6,21 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
+const EXAMPLES: &str = "Examples:
+  # Replay the first 5 minutes of the bundled Mooncake trace, twice as fast, against serve
+  switchyard bench --trace data/mooncake_conversation.jsonl.gz --end 300 --speedup 2 \\
+      --goodput ttft:2000,itl:25 --out runs/trace-x2
+  # Random 2000/100-token prompts at 8 req/s (Poisson), generation forced to full length
+  switchyard bench --dataset random --input-len 2000 --output-len 100 --request-rate 8 \\
+      --extra '{\"ignore_eos\":true}'
+  # 32 concurrent users, chat API, for 60 seconds
+  switchyard bench --endpoint chat --dataset prefix-groups --concurrency 32 --duration 60
+
+Times: every SSE chunk is stamped when read off the socket. TTFT, E2E are measured from the
+actual send and also from the scheduled send; dispatch lag (actual - scheduled) is reported.
+TPOT = (E2E - TTFT) / (output tokens - 1) per request (AIPerf's inter_token_latency, the
+`itl` of --goodput); ITL = every gap between streamed chunks, pooled (vLLM's ITL).";
+
 /// Which OpenAI-compatible API to call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,12 +91,8 @@ pub enum ProgressMode {
 /// Load-generate against an OpenAI-compatible endpoint (vLLM, SGLang, TensorRT-LLM, Dynamo,
 /// `switchyard serve`) and report TTFT, TPOT, ITL, E2E latency, throughput and goodput with
 /// the same definitions as `switchyard lab`.
-///
-/// Examples:
-///   switchyard bench --trace data/mooncake_conversation.jsonl.gz --start 0 --end 300 --speedup 2
-///   switchyard bench --dataset random --input-len 2000 --output-len 100 --request-rate 8
-///   switchyard bench --dataset random --concurrency 32 --requests 500 --extra '{"ignore_eos":true}'
 #[derive(Debug, Clone, Args, Serialize)]
+#[command(after_help = EXAMPLES)]
 pub struct BenchArgs {
     // ---------------------------------------------------------------- target
     /// Base URL of the server (scheme, host, port; the API path is added).

@@ -64,22 +64,37 @@ pub struct Renderer {
 }
 
 impl Renderer {
+    /// Per-block base of the position hash (hoisted out of the per-token loop).
     #[inline]
-    fn value(&self, block_key: u64, pos: u32) -> u64 {
-        mix(mix(self.seed ^ block_key) ^ u64::from(pos))
+    fn base(&self, block_key: u64) -> u64 {
+        mix(self.seed ^ block_key)
+    }
+
+    /// Map a 64-bit hash to `[0, n)` by multiply-shift (no division; n < 2^32).
+    #[inline]
+    fn reduce(v: u64, n: u64) -> u64 {
+        ((v >> 32) * n) >> 32
+    }
+
+    #[inline]
+    fn token_from(&self, base: u64, pos: u32) -> u32 {
+        let span = u64::from(self.vocab_size.saturating_sub(TOKEN_ID_MIN).max(1));
+        TOKEN_ID_MIN + Self::reduce(mix(base ^ u64::from(pos)), span) as u32
+    }
+
+    #[inline]
+    fn word_from(&self, base: u64, pos: u32) -> &'static str {
+        WORDS[Self::reduce(mix(base ^ u64::from(pos)), WORDS.len() as u64) as usize]
     }
 
     /// Token id at `pos` of block `key`.
-    #[inline]
     pub fn token(&self, block_key: u64, pos: u32) -> u32 {
-        let span = u64::from(self.vocab_size.saturating_sub(TOKEN_ID_MIN).max(1));
-        TOKEN_ID_MIN + (self.value(block_key, pos) % span) as u32
+        self.token_from(self.base(block_key), pos)
     }
 
     /// Word at `pos` of block `key` (without the leading space).
-    #[inline]
     pub fn word(&self, block_key: u64, pos: u32) -> &'static str {
-        WORDS[(self.value(block_key, pos) % WORDS.len() as u64) as usize]
+        self.word_from(self.base(block_key), pos)
     }
 
     /// Append the JSON array of token ids of `blocks` to `out` (`[12,345,...]`).
@@ -88,12 +103,13 @@ impl Renderer {
         let mut first = true;
         let mut num = itoa_buf();
         for b in blocks {
+            let base = self.base(b.key);
             for p in 0..b.len {
                 if !first {
                     out.push(b',');
                 }
                 first = false;
-                out.extend_from_slice(fmt_u32(self.token(b.key, p), &mut num));
+                out.extend_from_slice(fmt_u32(self.token_from(base, p), &mut num));
             }
         }
         out.push(b']');
@@ -112,9 +128,10 @@ impl Renderer {
         let n: u32 = blocks.iter().map(|b| b.len).sum();
         let mut s = String::with_capacity(n as usize * 6);
         for b in blocks {
+            let base = self.base(b.key);
             for p in 0..b.len {
                 s.push(' ');
-                s.push_str(self.word(b.key, p));
+                s.push_str(self.word_from(base, p));
             }
         }
         s

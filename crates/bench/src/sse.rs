@@ -46,12 +46,15 @@ impl SseParser {
         let mut consumed = 0;
         let mut i = self.scanned.max(consumed);
         while i < self.buf.len() {
-            // Find the end of the current line.
-            let b = self.buf[i];
-            if b != b'\n' && b != b'\r' {
-                i += 1;
-                continue;
+            // Jump to the end of the current line.
+            match self.buf[i..].iter().position(|&b| b == b'\n' || b == b'\r') {
+                Some(off) => i += off,
+                None => {
+                    i = self.buf.len();
+                    break;
+                }
             }
+            let b = self.buf[i];
             // A line ended at i; is the next line empty (event boundary)?
             let line_end_len = if b == b'\r' && self.buf.get(i + 1) == Some(&b'\n') {
                 2

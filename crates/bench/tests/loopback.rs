@@ -169,6 +169,32 @@ async fn equal_hash_ids_reach_the_server_as_identical_token_blocks() {
     );
     let same = (512..600).filter(|&i| a0[i] == b0[i]).count();
     assert!(same < 5, "distinct hash ids gave {same} equal tokens");
+
+    // The same trace as text: one word per token, equal hash ids -> identical text.
+    server.bodies.lock().unwrap().clear();
+    a.prompt = Some(switchyard_bench::PromptMode::Text);
+    let o = run(&a, StopHandle::new()).await.unwrap();
+    assert_eq!(o.summary.total_input_tokens, 1700); // the fixture counts words
+    assert!(o.report.contains("text prompts"), "{}", o.report);
+    let bodies = server.bodies.lock().unwrap().clone();
+    let words: Vec<Vec<String>> = bodies
+        .iter()
+        .map(|b| {
+            b["prompt"]
+                .as_str()
+                .unwrap()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        })
+        .collect();
+    let (a0, b0) = if words[0].len() == 600 {
+        (&words[0], &words[1])
+    } else {
+        (&words[1], &words[0])
+    };
+    assert_eq!(a0[..512], b0[..512]);
+    assert_ne!(a0[512..600], b0[512..600]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
