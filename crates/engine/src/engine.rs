@@ -27,7 +27,8 @@ pub struct Request {
     /// blocks are prefix-cached.
     pub block_hashes: Vec<BlockHash>,
     /// Output tokens to generate (> 0; the engine generates exactly this many, like
-    /// `ignore_eos`). Decode role: including the first token made by the prefill worker.
+    /// `ignore_eos`). Decode role: including the first token made by the prefill worker
+    /// (with [`Engine::admit_local`] this engine makes every token, the first included).
     pub max_output_tokens: u32,
     /// Data-parallel rank to run on; `None` lets the engine pick the least-loaded rank.
     pub dp_rank: Option<u32>,
@@ -40,7 +41,8 @@ pub struct AdmitInfo {
     pub dp_rank: u32,
     /// Decode role only: `Some(cached_tokens)` when KV blocks were reserved right away, so the
     /// transfer of `prompt_tokens - cached_tokens` tokens may start now. `None`: reservation
-    /// comes later, reported in [`StepOutcome::kv_reserved`].
+    /// comes later, reported in [`StepOutcome::kv_reserved`]. Always `None` for
+    /// [`Engine::admit_local`] (nothing is transferred).
     pub kv_reserved: Option<u32>,
 }
 
@@ -90,6 +92,10 @@ pub struct StepOutcome {
     pub decoded: Vec<u64>,
     pub decoded_count: u32,
     /// Requests that left the waiting queue for the first time (their queueing ended at `start`).
+    ///
+    /// Decode role: requests whose first client-visible token is emitted at `end` — a
+    /// transferred request joining the decode batch, or a locally prefilled one
+    /// ([`Engine::admit_local`]) finishing its prefill (also listed in `first_tokens`).
     pub started: Vec<u64>,
     /// Requests whose first output token was emitted.
     pub first_tokens: Vec<u64>,
@@ -218,6 +224,8 @@ struct Seq {
     order: u64,
     state: St,
     started: bool,
+    /// Decode role: prefilled here ([`Engine::admit_local`]) instead of receiving its KV.
+    local: bool,
 }
 
 /// Hot per-decoding-sequence state, kept contiguous for the decode loop.
@@ -608,7 +616,7 @@ impl Engine {
                 .iter()
                 .chain(r.prefilling.iter())
                 .filter_map(|&s| self.slab[s as usize].as_ref())
-                .filter(|q| self.cfg.role != Role::Decode || q.generated > 0)
+                .filter(|q| self.cfg.role != Role::Decode || q.generated > 0 || q.local)
                 .map(|q| (q.prompt + q.generated - q.computed) as u64)
                 .sum();
             if let Some((slot, epoch, len, hit, free_hits)) = r.memo
@@ -660,6 +668,35 @@ impl Engine {
     /// Accept a request at time `now`. Rejects (without side effects) requests that are
     /// malformed, exceed the context length, or could never fit in one scheduler's KV cache.
     pub fn admit(&mut self, req: Request, now: f64) -> Result<AdmitInfo, EngineError> {
+        self.admit_inner(req, now, false)
+    }
+
+    /// Accept a request that this engine prefills itself and then decodes, exactly like an
+    /// aggregated engine would: prefix-cache reuse, chunked prefill within the token budget
+    /// (FCFS with the other waiting requests), then decoding. This is conditional
+    /// disaggregation's local path on a decode-role engine: no KV reservation and no
+    /// [`Engine::kv_arrived`]; `max_output_tokens` counts every output token, the first one
+    /// included (it is made here). The first token is reported in `first_tokens` and — the
+    /// decode role's "first client-visible token" signal — in `started` of the step that ends
+    /// the prefill. On an aggregated engine this is [`Engine::admit`]; a prefill-role engine
+    /// rejects it (it never decodes).
+    pub fn admit_local(&mut self, req: Request, now: f64) -> Result<AdmitInfo, EngineError> {
+        match self.cfg.role {
+            Role::Prefill => Err(EngineError::Rejected {
+                id: req.id,
+                reason: "a prefill-role engine does not decode: admit it with `admit`".into(),
+            }),
+            Role::Aggregated => self.admit_inner(req, now, false),
+            Role::Decode => self.admit_inner(req, now, true),
+        }
+    }
+
+    fn admit_inner(
+        &mut self,
+        req: Request,
+        now: f64,
+        local: bool,
+    ) -> Result<AdmitInfo, EngineError> {
         let _ = now;
         let id = req.id;
         let reject = |reason: String| Err(EngineError::Rejected { id, reason });
@@ -672,7 +709,7 @@ impl Engine {
         if req.max_output_tokens == 0 {
             return reject("max_output_tokens must be >= 1".into());
         }
-        if self.cfg.role == Role::Decode && req.max_output_tokens < 2 {
+        if self.cfg.role == Role::Decode && !local && req.max_output_tokens < 2 {
             return reject("a decode-role engine needs max_output_tokens >= 2 (the prefill worker made the first)".into());
         }
         let full_blocks = req.prompt_tokens / self.bs;
@@ -728,6 +765,7 @@ impl Engine {
             order: 0,
             state: St::Waiting,
             started: false,
+            local,
         };
         let slot = match self.free_slots.pop() {
             Some(s) => {
@@ -742,13 +780,13 @@ impl Engine {
         self.ids.insert(id, slot);
         self.stats.admitted += 1;
         let mut kv_reserved = None;
-        if self.cfg.role == Role::Decode && self.ranks[rank as usize].waiting.is_empty() {
+        if self.cfg.role == Role::Decode && !local && self.ranks[rank as usize].waiting.is_empty() {
             kv_reserved = self.try_reserve(rank as usize, slot);
         }
         if kv_reserved.is_none() {
             let rk = &mut self.ranks[rank as usize];
             rk.waiting.push_back(slot);
-            if self.cfg.role != Role::Decode {
+            if self.cfg.role != Role::Decode || local {
                 rk.pending += req.prompt_tokens as u64;
             }
         }
@@ -901,7 +939,7 @@ impl Engine {
         };
         let (r, state) = (seq.rank as usize, seq.state);
         let to_prefill = (seq.prompt + seq.generated - seq.computed) as u64;
-        let counted = self.cfg.role != Role::Decode || seq.generated > 0;
+        let counted = self.cfg.role != Role::Decode || seq.generated > 0 || seq.local;
         let k = self.sparse_k;
         let rank = &mut self.ranks[r];
         if counted && matches!(state, St::Waiting | St::Prefilling) {
@@ -1117,10 +1155,11 @@ impl Engine {
             rank.dec.push(d);
         }
         while let Some(&slot) = self.ranks[r].waiting.front() {
-            // A preempted sequence at the head is recomputed locally by the prefill phase.
+            // A preempted sequence or a local-prefill request at the head is prefilled here by
+            // the prefill phase (FCFS: it blocks reservations behind it).
             if self.slab[slot as usize]
                 .as_ref()
-                .is_none_or(|q| q.generated > 0)
+                .is_none_or(|q| q.generated > 0 || q.local)
             {
                 break;
             }
@@ -1322,11 +1361,12 @@ impl Engine {
             let Some(&slot) = rank.waiting.front() else {
                 break;
             };
-            // A decode-role engine prefills only its own preempted sequences (recompute).
+            // A decode-role engine prefills only its own preempted sequences (recompute) and
+            // local-prefill requests; the others wait for a KV reservation.
             if decode_role
                 && self.slab[slot as usize]
                     .as_ref()
-                    .is_none_or(|q| q.generated == 0)
+                    .is_none_or(|q| q.generated == 0 && !q.local)
             {
                 break;
             }
@@ -1396,7 +1436,10 @@ impl Engine {
         self.next_order += 1;
         if !seq.started {
             seq.started = true;
-            self.out.started.push(seq.id);
+            // Decode role (local prefill): `started` is reported with the first token.
+            if self.cfg.role != Role::Decode {
+                self.out.started.push(seq.id);
+            }
             self.stats.prompt_tokens += seq.prompt as u64;
             self.stats.cached_prompt_tokens += hit_tokens.min(seq.prompt) as u64;
         }
@@ -1472,6 +1515,9 @@ impl Engine {
         self.stats.generated_tokens += 1;
         if seq.generated == 1 {
             self.out.first_tokens.push(seq.id);
+            if self.cfg.role == Role::Decode {
+                self.out.started.push(seq.id);
+            }
         } else if collect {
             self.out.decoded.push(seq.id);
         }

@@ -243,6 +243,8 @@ fn advance_is_bit_identical_dp_attention_sparse_mla() {
 #[derive(Clone, Debug)]
 enum Ext {
     Arrive(Request),
+    /// Conditional disaggregation: prefilled on the decode worker itself.
+    ArriveLocal(Request),
     KvDone(u64),
 }
 
@@ -272,6 +274,9 @@ impl Queue {
                         self.push(at + TRANSFER, Ext::KvDone(id));
                     }
                 }
+                Some(Ext::ArriveLocal(r)) => {
+                    assert_eq!(e.admit_local(r, at).unwrap().kv_reserved, None);
+                }
                 Some(Ext::KvDone(id)) => e.kv_arrived(id, at).unwrap(),
                 None => {}
             }
@@ -284,18 +289,32 @@ impl Queue {
     }
 }
 
-fn decode_queue(arrivals: &[Arrival]) -> Queue {
+/// Every `local_every`-th request (0: none) is prefilled locally.
+fn decode_queue(arrivals: &[Arrival], local_every: usize) -> Queue {
     let mut q = Queue(Default::default(), 0);
-    for a in arrivals {
+    for (i, a) in arrivals.iter().enumerate() {
         let mut r = a.req.clone();
-        r.max_output_tokens = r.max_output_tokens.max(2);
-        q.push(a.t, Ext::Arrive(r));
+        if local_every > 0 && i.is_multiple_of(local_every) {
+            q.push(a.t, Ext::ArriveLocal(r));
+        } else {
+            r.max_output_tokens = r.max_output_tokens.max(2);
+            q.push(a.t, Ext::Arrive(r));
+        }
     }
     q
 }
 
 #[test]
 fn advance_is_bit_identical_for_a_decode_worker() {
+    decode_worker(21, 0);
+}
+
+#[test]
+fn advance_is_bit_identical_for_a_decode_worker_with_local_prefills() {
+    decode_worker(22, 3);
+}
+
+fn decode_worker(seed: u64, local_every: usize) {
     let cat = Catalog::builtin().unwrap();
     let cfg = EngineConfig {
         gpu: "H200".into(),
@@ -305,11 +324,11 @@ fn advance_is_bit_identical_for_a_decode_worker() {
         num_gpu_blocks_override: Some(1500),
         ..EngineConfig::default()
     };
-    let arrivals = workload(21, 300, cfg.block_size, 1);
+    let arrivals = workload(seed, 300, cfg.block_size, 1);
 
     // Single steps.
     let mut a = Engine::new(&cat, &cfg).unwrap();
-    let mut qa = decode_queue(&arrivals);
+    let mut qa = decode_queue(&arrivals, local_every);
     let mut out_a = Vec::new();
     let mut now: f64 = 0.0;
     loop {
@@ -333,7 +352,7 @@ fn advance_is_bit_identical_for_a_decode_worker() {
 
     // advance_until, limited by the next external event.
     let mut b = Engine::new(&cat, &cfg).unwrap();
-    let mut qb = decode_queue(&arrivals);
+    let mut qb = decode_queue(&arrivals, local_every);
     let mut out_b = Vec::new();
     let mut now: f64 = 0.0;
     loop {
@@ -361,6 +380,35 @@ fn advance_is_bit_identical_for_a_decode_worker() {
         a.stats().preemptions > 0,
         "the test should exercise decode-side preemption"
     );
+    let l = a.load();
+    assert_eq!(
+        (
+            l.running,
+            l.waiting,
+            l.awaiting_kv,
+            l.kv_blocks_used,
+            l.pending_prefill_tokens
+        ),
+        (0, 0, 0, 0, 0)
+    );
+    if local_every > 0 {
+        // Every local request reported its first token (and `started`) exactly once.
+        let firsts: Vec<u64> = out_a.iter().flat_map(|o| o.first_tokens.clone()).collect();
+        let started: Vec<u64> = out_a
+            .iter()
+            .flat_map(|o| o.started.iter().copied())
+            .filter(|id| (*id as usize).is_multiple_of(local_every))
+            .collect();
+        let mut want: Vec<u64> = (0..300u64).step_by(local_every).collect();
+        let mut got = firsts.clone();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(
+            started, firsts,
+            "started comes with the first token, same steps"
+        );
+    }
     println!(
         "decode worker: {} visible steps, {:?}",
         out_a.len(),

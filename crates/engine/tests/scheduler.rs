@@ -1,8 +1,8 @@
 //! Scheduler, block manager and prefix cache: small cases with hand-computed expectations.
 
 use switchyard_engine::{
-    BatchShape, Catalog, Engine, EngineConfig, EngineError, FinishReason, KvDtype, Request, Role,
-    StepOutcome, WeightDtype,
+    BatchShape, Catalog, Engine, EngineConfig, EngineError, FinishReason, Finished, KvDtype,
+    Request, Role, StepOutcome, WeightDtype,
 };
 use switchyard_kv::KvEvent;
 
@@ -468,4 +468,212 @@ fn decode_role_recomputes_its_own_preempted_sequences() {
         "the preempted sequence was recomputed here"
     );
     assert_eq!(e.load().pending_prefill_tokens, 0);
+}
+
+#[test]
+fn decode_role_local_prefill_runs_like_an_aggregated_engine() {
+    // 1,000-token prompt, 512-token budget: chunks of 512 and 488, then 3 decodes (4 output
+    // tokens, the first made by the prefill). Same steps as an aggregated engine; only the
+    // `started` signal moves to the first-token step (the decode role's contract).
+    let cfg = |c: &mut EngineConfig| {
+        c.max_num_batched_tokens = 512;
+        c.num_gpu_blocks_override = Some(100);
+    };
+    let mut d = llama8b(|c| {
+        cfg(c);
+        c.role = Role::Decode;
+    });
+    let mut a = llama8b(cfg);
+    let hashes: Vec<u64> = (1..=62).collect();
+    let info = d.admit_local(req(1, 1000, &hashes, 4), 0.0).unwrap();
+    assert_eq!(info.kv_reserved, None);
+    assert_eq!(d.load().pending_prefill_tokens, 1000);
+    a.admit_local(req(1, 1000, &hashes, 4), 0.0).unwrap();
+    let (mut td, mut ta) = (0.0, 0.0);
+    let mut first_at = None;
+    for step in 1..=5 {
+        let od = d.step(td);
+        let oa = a.step(ta);
+        d.check_invariants().unwrap();
+        assert_eq!(od.start.to_bits(), oa.start.to_bits());
+        assert_eq!(od.end.to_bits(), oa.end.to_bits(), "step {step}");
+        assert_eq!(od.scheduled_tokens, oa.scheduled_tokens);
+        assert_eq!(od.first_tokens, oa.first_tokens);
+        assert_eq!(od.finished, oa.finished);
+        assert_eq!(od.kv_events, oa.kv_events);
+        match step {
+            1 => {
+                assert_eq!(oa.started, vec![1]);
+                assert!(od.started.is_empty());
+                assert_eq!(od.scheduled_tokens, 512);
+                assert_close(od.duration(), d.step_time(&[chunk_shape(0, 512, false)]));
+                // 32 full blocks registered.
+                assert_eq!(
+                    events(&od),
+                    vec![KvEvent::Stored {
+                        parent: None,
+                        blocks: (1..=32).collect()
+                    }]
+                );
+            }
+            2 => {
+                assert_eq!(od.started, vec![1]);
+                assert_eq!(od.first_tokens, vec![1]);
+                assert_eq!(od.scheduled_tokens, 488);
+                assert_close(od.duration(), d.step_time(&[chunk_shape(512, 488, true)]));
+                first_at = Some(od.end);
+            }
+            3 | 4 => {
+                assert!(od.started.is_empty());
+                assert_eq!(od.scheduled_tokens, 1);
+            }
+            _ => {
+                assert_eq!(
+                    od.finished,
+                    vec![Finished {
+                        id: 1,
+                        output_tokens: 4,
+                        reason: FinishReason::Length
+                    }]
+                );
+                // Third decode: context 1,000 + 2 generated, attending over 1,003 positions.
+                assert_close(od.duration(), d.step_time(&[decode_shape(1, 1003)]));
+            }
+        }
+        td = od.end;
+        ta = oa.end;
+    }
+    assert!(first_at.is_some());
+    assert_eq!(d.stats(), a.stats());
+    assert_eq!(d.stats().generated_tokens, 4);
+    let l = d.load();
+    assert_eq!(
+        (
+            l.running,
+            l.waiting,
+            l.kv_blocks_used,
+            l.pending_prefill_tokens
+        ),
+        (0, 0, 0, 0)
+    );
+}
+
+#[test]
+fn decode_role_local_prefill_reuses_transferred_kv() {
+    let mut e = llama8b(|c| {
+        c.role = Role::Decode;
+        c.num_gpu_blocks_override = Some(20);
+    });
+    // Request 1 arrives by transfer: its 4 prompt blocks enter the prefix cache.
+    assert_eq!(
+        e.admit(req(1, 64, &[1, 2, 3, 4], 2), 0.0)
+            .unwrap()
+            .kv_reserved,
+        Some(0)
+    );
+    assert_eq!(
+        e.load().pending_prefill_tokens,
+        0,
+        "transferred: nothing to prefill here"
+    );
+    e.kv_arrived(1, 0.0).unwrap();
+    let o = e.step(0.0);
+    assert_eq!(o.started, vec![1]);
+    assert_eq!(o.finished.len(), 1);
+    // Request 2 extends that prompt by one block and is prefilled locally: 64 tokens hit,
+    // 16 computed in one chunk, first token at its end; 2 more decodes.
+    e.admit_local(req(2, 80, &[1, 2, 3, 4, 5], 3), o.end)
+        .unwrap();
+    assert_eq!(e.load().pending_prefill_tokens, 80);
+    let o = e.step(o.end);
+    e.check_invariants().unwrap();
+    assert_eq!(o.scheduled_tokens, 16);
+    assert_eq!(
+        (o.started.clone(), o.first_tokens.clone()),
+        (vec![2], vec![2])
+    );
+    assert_close(o.duration(), e.step_time(&[chunk_shape(64, 16, true)]));
+    assert_eq!(
+        events(&o),
+        vec![KvEvent::Stored {
+            parent: Some(4),
+            blocks: vec![5]
+        }]
+    );
+    assert_eq!(e.load().pending_prefill_tokens, 0);
+    // Request 1's reservation hit nothing; request 2 hit 4 blocks.
+    assert_eq!(e.stats().cached_prompt_tokens, 64);
+    assert_eq!(e.stats().prompt_tokens, 64 + 80);
+    let o = e.step(o.end);
+    assert_close(o.duration(), e.step_time(&[decode_shape(1, 81)]));
+    let o = e.step(o.end);
+    assert_eq!(
+        o.finished,
+        vec![Finished {
+            id: 2,
+            output_tokens: 3,
+            reason: FinishReason::Length
+        }]
+    );
+    assert_eq!(e.load().kv_blocks_used, 0);
+}
+
+#[test]
+fn decode_role_local_prefill_is_fcfs_with_reservations() {
+    // 10 blocks. Local request 1 (96 tokens, 6 blocks + 1 to decode) is prefilling; transferred
+    // request 2 (64 tokens: 5 blocks) cannot be reserved until it finishes, and local request 3
+    // queued behind 2 waits for 2's reservation (FCFS), not jumping ahead.
+    let mut e = llama8b(|c| {
+        c.role = Role::Decode;
+        c.num_gpu_blocks_override = Some(10);
+    });
+    e.admit_local(req(1, 96, &[], 2), 0.0).unwrap();
+    let o = e.step(0.0);
+    assert_eq!(o.first_tokens, vec![1]);
+    assert_eq!(
+        e.admit(req(2, 64, &[], 2), o.end).unwrap().kv_reserved,
+        None
+    );
+    e.admit_local(req(3, 16, &[], 1), o.end).unwrap();
+    // Request 1 decodes its last token (its 7th block) and leaves; 2 is not reserved yet
+    // (blocks are freed after the step), and 3 waits behind it.
+    let o = e.step(o.end);
+    assert_eq!(o.finished.len(), 1);
+    assert!(o.kv_reserved.is_empty());
+    assert!(o.first_tokens.is_empty());
+    let o = e.step(o.end);
+    assert_eq!(o.kv_reserved.len(), 1);
+    assert_eq!(o.kv_reserved[0].id, 2);
+    // ...then 3 runs in the same step: a 16-token chunk, one output token, done.
+    assert_eq!(o.scheduled_tokens, 16);
+    assert_eq!(o.first_tokens, vec![3]);
+    assert_eq!(o.started, vec![3]);
+    assert_eq!(o.finished[0].id, 3);
+    assert_eq!(o.finished[0].output_tokens, 1);
+    e.check_invariants().unwrap();
+}
+
+#[test]
+fn admit_local_by_role() {
+    let mut p = llama8b(|c| c.role = Role::Prefill);
+    assert!(matches!(
+        p.admit_local(req(1, 64, &[], 2), 0.0),
+        Err(EngineError::Rejected { id: 1, .. })
+    ));
+    assert_eq!(p.stats().admitted, 0);
+    // Aggregated: the same as `admit`.
+    let mut a = llama8b(|_| {});
+    a.admit_local(req(1, 64, &[], 1), 0.0).unwrap();
+    let o = a.step(0.0);
+    assert_eq!(
+        (o.started.clone(), o.first_tokens.clone()),
+        (vec![1], vec![1])
+    );
+    // Decode role: one output token is fine locally (not for a transferred request).
+    let mut d = llama8b(|c| c.role = Role::Decode);
+    assert!(d.admit(req(1, 64, &[], 1), 0.0).is_err());
+    d.admit_local(req(1, 64, &[], 1), 0.0).unwrap();
+    let o = d.step(0.0);
+    assert_eq!(o.finished[0].output_tokens, 1);
+    assert!(d.admit_local(req(2, 64, &[1, 2, 3, 4, 5], 2), 0.0).is_err());
 }
