@@ -30,11 +30,13 @@ import json, sys
 label, d = sys.argv[1], sys.argv[2]
 s = json.load(open(d + "/summary.json"))
 lag = s["client"]["dispatch_lag"] or {}
+wake = s["client"].get("dispatcher_wake") or {}
 su = s["summary"]
 ok = "OK " if lag.get("p99", 1) < 0.001 else "   "
 print(f"{ok}{label:<26} sent {su['requests']:>6}  failed {su['failed']:>4}  "
       f"{su['request_throughput'] or 0:>8.1f} req/s  peak in flight {su['peak_concurrency']:>5}  "
-      f"lag p50 {lag.get('p50', 0)*1e3:6.3f} ms  p99 {lag.get('p99', 0)*1e3:7.3f} ms  max {lag.get('max', 0)*1e3:7.3f} ms")
+      f"lag p50 {lag.get('p50', 0)*1e3:6.3f} ms  p99 {lag.get('p99', 0)*1e3:7.3f} ms  max {lag.get('max', 0)*1e3:7.3f} ms"
+      f"  (thread wake p99 {wake.get('p99', 0)*1e3:6.3f} ms)")
 PY
 }
 
@@ -44,7 +46,7 @@ start_server 18601 0 0
 for r in 250 500 1000 2000 4000; do
   "$BIN/bench" --url http://127.0.0.1:18601 --dataset random --input-len 100 --output-len 10 \
     --request-rate "$r" --arrival constant --requests $((r * STEP)) --progress off \
-    --out "$OUT/a$r" > /dev/null
+    --out "$OUT/a$r" > /dev/null 2>&1
   report "rate $r/s" "$OUT/a$r"
 done
 echo "B. 1-second streams (100 tokens x 10 ms), constant arrivals, ${STEP} s per step"
@@ -52,7 +54,7 @@ start_server 18602 0 10
 for r in 50 100 200 400 800; do
   "$BIN/bench" --url http://127.0.0.1:18602 --dataset random --input-len 100 --output-len 100 \
     --request-rate "$r" --arrival constant --requests $((r * STEP)) --progress off \
-    --out "$OUT/b$r" > /dev/null
+    --out "$OUT/b$r" > /dev/null 2>&1
   report "rate $r/s (~$r streams)" "$OUT/b$r"
 done
 echo "load after: $(uptime | sed 's/.*load average/load average/')"

@@ -142,6 +142,16 @@ pub fn render(a: &BenchArgs, o: &BenchOutcome) -> String {
         opt_ms(lag, |s| s.p99),
         opt_ms(lag, |s| s.max)
     );
+    if let Some(w) = &c.dispatcher_wake
+        && lag.is_some_and(|l| l.p99 > LAG_WARN_SECS)
+    {
+        let _ = writeln!(
+            out,
+            "  of which the dispatcher thread woke late (OS scheduling): p50 {} ms, p99 {} ms",
+            ms(w.p50),
+            ms(w.p99)
+        );
+    }
     if let Some(q) = &c.client_queue {
         let ov = c.dispatch_overhead.as_ref();
         let _ = writeln!(
