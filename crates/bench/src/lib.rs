@@ -78,7 +78,13 @@ fn default_label(a: &BenchArgs, w: &workload::Workload) -> String {
     let what = if w.fixed_schedule {
         "trace".to_string()
     } else {
-        format!("{:?}", a.dataset.unwrap_or(Dataset::Random)).to_lowercase()
+        match a.dataset.unwrap_or(Dataset::Random) {
+            Dataset::Trace => "trace",
+            Dataset::Random => "random",
+            Dataset::PrefixGroups => "prefix-groups",
+            Dataset::Sharegpt => "sharegpt",
+        }
+        .to_string()
     };
     match (a.request_rate, a.concurrency) {
         (Some(r), _) => format!("{what} {r} rps"),
