@@ -182,6 +182,8 @@ pub struct Client {
     /// Full URL of the generation endpoint.
     pub url: String,
     pub stream: bool,
+    /// Successful responses whose usage reported `prompt_tokens_details.cached_tokens`.
+    pub cached_reported: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Build the pooled HTTP client: no idle limit (a connection per concurrent request is kept),
@@ -535,6 +537,10 @@ impl Client {
         }
         if let Some(c) = st.usage_cached {
             rec.cached_tokens = (c.min(u64::from(u32::MAX)) as u32).min(rec.input_tokens);
+            if failure.is_none() {
+                self.cached_reported
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         let first = st.first.or(st.first_choice);
         rec.first_token = first;

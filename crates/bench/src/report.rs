@@ -189,6 +189,12 @@ pub fn render(a: &BenchArgs, o: &BenchOutcome) -> String {
         );
     }
     let _ = writeln!(out, "Output tokens: {}.", o.resolved.output_tokens);
+    if s.completed > 0 && c.cached_reported == 0 {
+        let _ = writeln!(
+            out,
+            "Note: the server reported no cached prompt tokens (usage.prompt_tokens_details), so the prefix cache figures above are unknown, not zero."
+        );
+    }
     if !o.resolved.streaming {
         let _ = writeln!(
             out,

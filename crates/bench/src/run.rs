@@ -96,6 +96,9 @@ pub struct ClientStats {
     pub started_unix: f64,
     /// Successful requests whose output token count came from the server's usage.
     pub usage_reported: u64,
+    /// Successful requests whose usage reported cached prompt tokens
+    /// (`prompt_tokens_details.cached_tokens`; vLLM needs `--enable-prompt-tokens-details`).
+    pub cached_reported: u64,
 }
 
 /// What the run produced, before reporting.
@@ -374,6 +377,7 @@ pub async fn execute(args: &BenchArgs, stop: StopHandle) -> Result<RunResult, Be
             http,
             url: endpoint_url.clone(),
             stream,
+            cached_reported: Arc::new(AtomicU64::new(0)),
         },
         clock,
         body,
@@ -461,13 +465,15 @@ pub async fn execute(args: &BenchArgs, stop: StopHandle) -> Result<RunResult, Be
     );
     samples.sort_by_key(|s| s.record.id);
     let dispatched = shared.dispatched.load(Ordering::SeqCst);
-    let client = client_stats(
+    let cached_reported = shared.client.cached_reported.load(Ordering::SeqCst);
+    let mut client = client_stats(
         &samples,
         shared.abandoned.load(Ordering::SeqCst) + shared.in_flight.load(Ordering::SeqCst),
         workload.count.map(|n| n.saturating_sub(dispatched)),
         interrupted,
         started_unix,
     );
+    client.cached_reported = cached_reported;
     let client_queue = samples
         .iter()
         .map(|s| (s.slot - s.record.scheduled).max(0.0))
@@ -518,6 +524,7 @@ fn client_stats(
             .iter()
             .filter(|s| s.record.is_ok() && !s.record.output_tokens_estimated)
             .count() as u64,
+        cached_reported: 0,
     }
 }
 

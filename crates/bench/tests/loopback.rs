@@ -128,6 +128,8 @@ async fn ttft_tpot_itl_match_the_server_delays() {
         ms(e2e.mean)
     );
     assert_eq!(s.peak_concurrency, 4);
+    assert_eq!(o.client.cached_reported, 0);
+    assert!(o.report.contains("unknown, not zero"), "{}", o.report);
     // Closed loop: each user sends again right after its previous request finished.
     assert!(o.client.dispatch_lag.unwrap().p99 < 0.005);
 }
