@@ -383,14 +383,23 @@ impl Client {
     /// Send one request and observe it. `sent` is stamped immediately before the request is
     /// handed to the connection pool; every chunk is stamped as soon as its bytes are read.
     pub async fn execute(&self, clock: &Clock, meta: RequestMeta, body: Vec<u8>) -> RequestRecord {
-        let sent = clock.now();
-        let req = self
+        // Build the request (URL, headers) before the clock starts.
+        let built = self
             .http
             .post(&self.url)
             .header(CONTENT_TYPE, "application/json")
-            .body(body);
+            .body(body)
+            .build();
+        let sent = clock.now();
         let mut rec = RequestRecord::failed(meta.id, sent, sent, meta.input_len, Status::Ok);
-        let resp = match req.send().await {
+        let request = match built {
+            Ok(r) => r,
+            Err(e) => {
+                rec.status = classify(&e, false);
+                return rec;
+            }
+        };
+        let resp = match self.http.execute(request).await {
             Ok(r) => r,
             Err(e) => {
                 rec.finish = clock.now();
