@@ -36,11 +36,21 @@ use switchyard_metrics::{Slo, Summary, SummaryOptions};
 /// records and the rendered report. Prints progress to stderr (per `args.progress`) but
 /// neither the report nor files.
 pub async fn run(args: &BenchArgs, stop: StopHandle) -> Result<BenchOutcome, BenchError> {
+    let workload = workload::Workload::from_args(args)?;
+    run_workload(args, workload, stop).await
+}
+
+/// [`run`] with a workload already built from `args` (e.g. to show its warnings first).
+pub async fn run_workload(
+    args: &BenchArgs,
+    workload: workload::Workload,
+    stop: StopHandle,
+) -> Result<BenchOutcome, BenchError> {
     let slo: Option<Slo> = match &args.goodput {
         Some(s) => Some(s.parse()?),
         None => None,
     };
-    let r = run::execute(args, stop).await?;
+    let r = run::execute(args, workload, stop).await?;
     let label = args
         .label
         .clone()
@@ -126,7 +136,7 @@ pub fn run_cli(args: &BenchArgs) -> Result<BenchOutcome, BenchError> {
                 }
             }
         });
-        let r = run(args, stop).await;
+        let r = run_workload(args, w, stop).await;
         ctrl_c.abort();
         r
     })?;

@@ -279,8 +279,11 @@ fn sleep_until_precise(target: Instant, stop: &StopHandle) -> bool {
 }
 
 /// Run a benchmark to completion (or until `stop`). No report, no files.
-pub async fn execute(args: &BenchArgs, stop: StopHandle) -> Result<RunResult, BenchError> {
-    let workload = Workload::from_args(args)?;
+pub async fn execute(
+    args: &BenchArgs,
+    workload: Workload,
+    stop: StopHandle,
+) -> Result<RunResult, BenchError> {
     let extra = match &args.extra {
         None => None,
         Some(s) => match serde_json::from_str::<serde_json::Value>(s) {

@@ -447,6 +447,17 @@ async fn bad_input_is_a_clear_error() {
             .to_string()
             .contains("--speedup")
     );
+    let mut bad = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        bad,
+        r#"{{"timestamp": 0, "input_length": 10, "output_length": 2, "hash_ids": [1]}}"#
+    )
+    .unwrap();
+    writeln!(bad, r#"{{"timestamp": 5, "output_length": 2}}"#).unwrap();
+    let mut a = args(&server.url);
+    a.trace = Some(bad.path().to_path_buf());
+    let e = run(&a, StopHandle::new()).await.unwrap_err().to_string();
+    assert!(e.contains(&format!("{}:2", bad.path().display())), "{e}");
     let mut a = args("ftp://x");
     a.requests = Some(1);
     assert!(
