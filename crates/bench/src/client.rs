@@ -34,6 +34,7 @@ impl Clock {
             epoch: Instant::now(),
         }
     }
+    /// Seconds since the epoch; 0 before it (the epoch may lie slightly in the future).
     #[inline]
     pub fn now(&self) -> f64 {
         self.epoch.elapsed().as_secs_f64()
@@ -42,9 +43,27 @@ impl Clock {
     pub fn at(&self, t: Instant) -> f64 {
         t.saturating_duration_since(self.epoch).as_secs_f64()
     }
+    /// The instant `secs` after the epoch (clamped, never panics).
     pub fn instant(&self, secs: f64) -> Instant {
-        self.epoch + Duration::from_secs_f64(secs.max(0.0))
+        let d = secs_to_duration(secs);
+        self.epoch
+            .checked_add(d)
+            .unwrap_or_else(|| self.epoch + FAR_FUTURE)
     }
+}
+
+/// Ten years: "never" for a benchmark, small enough to add to any `Instant`.
+pub const FAR_FUTURE: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Seconds (user input, schedules) to a `Duration`, clamped to `[0, FAR_FUTURE]` (never
+/// panics on huge, negative or NaN values).
+pub fn secs_to_duration(secs: f64) -> Duration {
+    if secs.is_nan() || secs <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(secs)
+        .unwrap_or(FAR_FUTURE)
+        .min(FAR_FUTURE)
 }
 
 impl Default for Clock {
@@ -598,6 +617,17 @@ mod tests {
             output_len: 7,
             content,
         }
+    }
+
+    #[test]
+    fn durations_from_user_seconds_never_panic() {
+        assert_eq!(secs_to_duration(1.5), Duration::from_millis(1500));
+        assert_eq!(secs_to_duration(-3.0), Duration::ZERO);
+        assert_eq!(secs_to_duration(f64::NAN), Duration::ZERO);
+        assert_eq!(secs_to_duration(1e300), FAR_FUTURE);
+        assert_eq!(secs_to_duration(f64::INFINITY), FAR_FUTURE);
+        let c = Clock::new();
+        assert!(c.instant(1e300) > c.instant(1.0));
     }
 
     #[test]

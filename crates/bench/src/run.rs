@@ -25,7 +25,9 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::args::{BenchArgs, ProgressMode};
 use crate::arrival::Gaps;
-use crate::client::{BodyBuilder, Client, Clock, RequestMeta, build_headers, http_client};
+use crate::client::{
+    BodyBuilder, Client, Clock, RequestMeta, build_headers, http_client, secs_to_duration,
+};
 use crate::error::BenchError;
 use crate::workload::Workload;
 
@@ -338,10 +340,10 @@ pub async fn execute(
     }
     let base = base_url(&args.url)?;
     let headers = build_headers(args)?;
-    let http = http_client(headers, Duration::from_secs_f64(args.timeout))?;
+    let http = http_client(headers, secs_to_duration(args.timeout))?;
 
     // Reachability and model, before anything is scheduled.
-    let models = probe(&http, &base, Duration::from_secs_f64(args.wait_ready)).await?;
+    let models = probe(&http, &base, secs_to_duration(args.wait_ready)).await?;
     let model = match &args.model {
         Some(m) => m.clone(),
         None => models.first().cloned().ok_or_else(|| {
@@ -398,7 +400,7 @@ pub async fn execute(
     });
 
     let progress = spawn_progress(args.progress, shared.clone(), workload.count);
-    let grace = Duration::from_secs_f64(args.grace);
+    let grace = secs_to_duration(args.grace);
     let workload = Arc::new(workload);
 
     if closed_loop {
@@ -420,7 +422,7 @@ pub async fn execute(
         };
         let limit = args
             .duration
-            .map(|d| Duration::from_secs_f64(d) + grace)
+            .map(|d| secs_to_duration(d).saturating_add(grace))
             .unwrap_or(Duration::MAX);
         tokio::select! {
             _ = all => {}
