@@ -28,6 +28,9 @@ pub const SHAREGPT_MAX_TOTAL: u32 = 2048;
 /// Without a tokenizer, ShareGPT text lengths are estimated at this many characters per
 /// token (the usual rule of thumb for English with BPE vocabularies).
 pub const CHARS_PER_TOKEN: f64 = 4.0;
+/// Longest prompt we build (tokens): beyond every current context window, and a guard against
+/// typos that would allocate gigabytes.
+pub const MAX_PROMPT_TOKENS: u64 = 10_000_000;
 
 /// The prompt of one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,7 +130,7 @@ impl Workload {
                 Some(Request {
                     id: i,
                     at: None,
-                    input_len: prefix_len + body,
+                    input_len: prefix_len.saturating_add(body),
                     output_len: out,
                     content: Content::Blocks(blocks),
                 })
@@ -235,6 +238,26 @@ impl Workload {
                 }
             }
         };
+        let longest = match dataset {
+            Dataset::Random => {
+                let (_, hi) = len_range(a.input_len.unwrap_or(RANDOM_INPUT_LEN), a.range_ratio, 0);
+                u64::from(hi) + u64::from(a.prefix_len)
+            }
+            Dataset::PrefixGroups => u64::from(a.system_prompt_len) + u64::from(a.question_len),
+            Dataset::Trace | Dataset::Sharegpt => match &w.kind {
+                Kind::List { items, .. } => items
+                    .iter()
+                    .map(|r| u64::from(r.input_len))
+                    .max()
+                    .unwrap_or(0),
+                Kind::Random { .. } => 0,
+            },
+        };
+        if longest > MAX_PROMPT_TOKENS {
+            return Err(BenchError::Arg(format!(
+                "prompts of up to {longest} tokens requested; the limit is {MAX_PROMPT_TOKENS}"
+            )));
+        }
         if w.count == Some(0) {
             return Err(BenchError::Arg(
                 "no requests to send (--requests 0?)".into(),
@@ -452,7 +475,7 @@ fn prefix_groups(a: &BenchArgs) -> Result<Vec<Request>, BenchError> {
             items.push(Request {
                 id: 0,
                 at: None,
-                input_len: a.system_prompt_len + a.question_len,
+                input_len: a.system_prompt_len.saturating_add(a.question_len),
                 output_len,
                 content: Content::Blocks(blocks),
             });
@@ -585,6 +608,10 @@ mod tests {
         assert!(w.get(200).is_none());
         a.range_ratio = 1.0;
         assert!(Workload::from_args(&a).is_err());
+        a.range_ratio = 0.0;
+        a.input_len = Some(u32::MAX);
+        let e = Workload::from_args(&a).unwrap_err().to_string();
+        assert!(e.contains("the limit is"), "{e}");
         // Unbounded with --duration.
         let mut d = args();
         d.duration = Some(1.0);
