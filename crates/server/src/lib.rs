@@ -1,1 +1,18 @@
-pub fn x(){}
+//! Live serving: `switchyard serve` (an OpenAI-compatible frontend and router built on the
+//! routing core) and `switchyard worker` (the engine model behind vLLM's OpenAI HTTP API,
+//! publishing vLLM-format KV events over ZMQ).
+//!
+//! * [`worker`]: [`run_worker`] / [`worker::start_worker`].
+//! * [`serve`]: [`run_serve`] / [`serve::start_serve`].
+//! * [`events`]: ZMQ PUB/SUB transport of KV events (codec: `switchyard_kv::wire`).
+//! * [`openai`]: request parsing and OpenAI-style errors; [`tokenizer`]: default tokenizer.
+
+pub mod events;
+pub mod openai;
+pub mod tokenizer;
+pub mod worker;
+
+pub use worker::{WorkerArgs, run_worker};
+pub mod serve;
+
+pub use serve::{ServeArgs, run_serve};

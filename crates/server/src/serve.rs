@@ -1,0 +1,1141 @@
+//! `switchyard serve`: OpenAI-compatible frontend + router in front of engine workers
+//! (real vLLM/SGLang or `switchyard worker`).
+//!
+//! Request path: validate -> token ids (given, or the default tokenizer) -> chained block
+//! hashes -> the routing core picks a worker -> the body is forwarded unchanged and the
+//! upstream response streamed back chunk by chunk. Failures before the first byte (connection
+//! refused, 5xx) are retried on another worker; after it, the client gets an SSE error event.
+//! Dropping the client connection drops the upstream one, which cancels the engine request.
+//!
+//! KV path: one task per worker subscribes to its ZMQ KV events, decodes both vLLM encodings,
+//! recomputes the router's hashes from `token_ids`, and feeds the index; a sequence gap or a
+//! reconnect clears that worker's entries (they are rebuilt from new events).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use clap::Args;
+use futures_util::{Stream, StreamExt, stream};
+use rustc_hash::FxHashMap;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use switchyard_engine::Role;
+use switchyard_kv::wire::{WireEvent, decode_batch};
+use switchyard_kv::{BlockHasher, EngineHashTranslator, KvEvent, WorkerKey};
+use switchyard_route::{PolicyKind, RouteGuard, Router as Core, RouterConfig, SharedRouter};
+use tokio::sync::{Notify, mpsc};
+
+use crate::events::{split_frames, subscribe_once};
+use crate::openai::{ApiError, Endpoint, parse_request, read_body};
+use crate::tokenizer::prompt_tokens;
+use crate::worker::{WorkerArgs, WorkerHandle, not_found, start_worker};
+
+/// Run the OpenAI-compatible frontend and router.
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+    /// HTTP port.
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// An upstream worker: `URL[,kv-events=tcp://HOST:PORT][,role=aggregated|prefill|decode]`.
+    /// Repeatable.
+    #[arg(long = "worker", value_name = "SPEC")]
+    pub workers: Vec<String>,
+    /// Deployment file (the simulator's TOML): starts the simulated workers it describes
+    /// in-process on loopback ports, and takes its `[router]` table.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Routing policy: round-robin, random, least-load, power-of-two, kv (overrides the file).
+    #[arg(long)]
+    pub router: Option<String>,
+    /// KV block size in tokens; must equal the engines' (default: the file's, else 16).
+    #[arg(long)]
+    pub block_size: Option<u32>,
+    /// Speedup of the simulated workers started from `--config`.
+    #[arg(long, default_value_t = 1.0)]
+    pub speedup: f64,
+    /// Seconds between worker health checks.
+    #[arg(long, default_value_t = 2.0)]
+    pub health_interval: f64,
+    /// Attempts per request (other workers are tried when one fails before the first byte).
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Largest accepted request body, bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 0,
+            workers: vec![],
+            config: None,
+            router: None,
+            block_size: None,
+            speedup: 1.0,
+            health_interval: 2.0,
+            max_attempts: 3,
+            max_body_bytes: 16 << 20,
+        }
+    }
+}
+
+/// A parsed `--worker` spec.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct WorkerSpec {
+    pub url: String,
+    #[serde(default)]
+    pub kv_events: Option<String>,
+    #[serde(default = "default_role")]
+    pub role: String,
+}
+
+fn default_role() -> String {
+    "aggregated".into()
+}
+
+impl std::str::FromStr for WorkerSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let url = parts.next().unwrap_or_default().trim().to_string();
+        let mut spec = WorkerSpec {
+            url,
+            kv_events: None,
+            role: default_role(),
+        };
+        for p in parts {
+            match p.split_once('=') {
+                Some(("kv-events" | "kv_events", v)) => spec.kv_events = Some(v.to_string()),
+                Some(("role", v)) => spec.role = v.to_string(),
+                _ => {
+                    return Err(format!(
+                        "bad worker option {p:?} in {s:?} (expected kv-events=tcp://HOST:PORT or role=...)"
+                    ));
+                }
+            }
+        }
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+impl WorkerSpec {
+    fn validate(&mut self) -> Result<(), String> {
+        self.url = self.url.trim_end_matches('/').to_string();
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(format!(
+                "worker URL must start with http:// or https:// (got {:?})",
+                self.url
+            ));
+        }
+        if !matches!(self.role.as_str(), "aggregated" | "prefill" | "decode") {
+            return Err(format!(
+                "unknown role {:?} (aggregated, prefill or decode)",
+                self.role
+            ));
+        }
+        if let Some(ep) = &self.kv_events
+            && !ep.starts_with("tcp://")
+        {
+            return Err(format!(
+                "kv-events endpoint must be tcp://HOST:PORT (got {ep:?})"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Blocking entry point for the CLI: run until Ctrl-C.
+pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let h = start_serve(&args).await?;
+        eprintln!(
+            "switchyard serve: http://{} ({} workers, policy {})",
+            h.addr,
+            h.state.workers.read().map(|w| w.len()).unwrap_or(0),
+            h.state.policy
+        );
+        for w in &h.local_workers {
+            eprintln!(
+                "  simulated worker {} ({}) events {:?}",
+                w.url(),
+                w.model,
+                w.kv_events
+            );
+        }
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    })
+}
+
+/// A running frontend.
+pub struct ServeHandle {
+    pub addr: SocketAddr,
+    /// Simulated workers started from a deployment file.
+    pub local_workers: Vec<WorkerHandle>,
+    state: Arc<ServeState>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl ServeHandle {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for ServeHandle {
+    fn drop(&mut self) {
+        self.server.abort();
+        if let Ok(ws) = self.state.workers.read() {
+            for w in ws.iter() {
+                w.stop();
+            }
+        }
+    }
+}
+
+/// Start the frontend (and any simulated workers of `--config`) on the current runtime.
+pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
+    let mut specs: Vec<WorkerSpec> = Vec::new();
+    for w in &args.workers {
+        specs.push(
+            w.parse()
+                .map_err(|e: String| anyhow::anyhow!("--worker: {e}"))?,
+        );
+    }
+    let mut router_cfg = RouterConfig::default();
+    let mut local = Vec::new();
+    if let Some(path) = &args.config {
+        let dep = switchyard_sim::Deployment::load(path)?;
+        anyhow::ensure!(
+            !dep.is_disaggregated(),
+            "{}: disaggregated (prefill/decode) deployments are not served yet; use an aggregated deployment",
+            path.display()
+        );
+        router_cfg = dep.router.clone();
+        for g in &dep.groups {
+            for _ in 0..g.count {
+                let wargs = WorkerArgs {
+                    host: "127.0.0.1".into(),
+                    port: 0,
+                    speedup: args.speedup,
+                    kv_events: Some("tcp://127.0.0.1:0".into()),
+                    ..WorkerArgs::default()
+                };
+                let mut ecfg = g.engine.clone();
+                ecfg.role = Role::Aggregated;
+                let h = start_worker(&wargs, ecfg).await?;
+                specs.push(WorkerSpec {
+                    url: h.url(),
+                    kv_events: h.kv_events.clone(),
+                    role: default_role(),
+                });
+                local.push(h);
+            }
+        }
+    }
+    if let Some(p) = &args.router {
+        router_cfg.policy = p.parse::<PolicyKind>()?;
+    }
+    if let Some(bs) = args.block_size {
+        router_cfg.block_size = bs;
+    }
+    anyhow::ensure!(args.max_attempts >= 1, "--max-attempts must be at least 1");
+    anyhow::ensure!(
+        args.health_interval > 0.0 && args.health_interval.is_finite(),
+        "--health-interval must be positive"
+    );
+    let hasher = BlockHasher::new(router_cfg.block_size)?;
+    let core = Core::new(router_cfg.clone())?;
+    let policy = core.policy_name();
+    let state = Arc::new(ServeState {
+        workers: RwLock::new(Vec::new()),
+        next_id: AtomicU64::new(0),
+        router: SharedRouter::new(core),
+        hasher,
+        client: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()?,
+        probe: reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?,
+        policy,
+        metrics: Metrics::default(),
+        t0: Instant::now(),
+        max_attempts: args.max_attempts,
+        max_body: args.max_body_bytes,
+    });
+    for s in specs {
+        state.add_worker(s).await;
+    }
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/workers", get(list_workers).post(add_worker))
+        .route("/v1/workers/{id}", delete(remove_worker))
+        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state.clone());
+    let hc_state = Arc::downgrade(&state);
+    let interval = Duration::from_secs_f64(args.health_interval);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(st) = hc_state.upgrade() else { return };
+            let ws: Vec<_> = st.workers.read().map(|w| w.clone()).unwrap_or_default();
+            let checks = ws.iter().map(|w| st.check(w));
+            futures_util::future::join_all(checks).await;
+        }
+    });
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(ServeHandle {
+        addr,
+        local_workers: local,
+        state,
+        server,
+    })
+}
+
+// ----- state --------------------------------------------------------------------------------
+
+struct WorkerEntry {
+    id: u64,
+    spec: WorkerSpec,
+    healthy: AtomicBool,
+    /// Was healthy at least once (a later recovery means its event stream must be redone).
+    ever_healthy: AtomicBool,
+    routed: AtomicU64,
+    errors: AtomicU64,
+    models: Mutex<Vec<String>>,
+    reconnect: Notify,
+    subscriber: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    events: AtomicU64,
+    seq_gaps: AtomicU64,
+}
+
+impl WorkerEntry {
+    fn key(&self) -> WorkerKey {
+        WorkerKey::new(self.id, 0)
+    }
+    fn stop(&self) {
+        if let Ok(mut s) = self.subscriber.lock()
+            && let Some(h) = s.take()
+        {
+            h.abort();
+        }
+    }
+}
+
+struct ServeState {
+    workers: RwLock<Vec<Arc<WorkerEntry>>>,
+    next_id: AtomicU64,
+    router: SharedRouter,
+    hasher: BlockHasher,
+    client: reqwest::Client,
+    probe: reqwest::Client,
+    policy: &'static str,
+    metrics: Metrics,
+    t0: Instant,
+    max_attempts: u32,
+    max_body: usize,
+}
+
+impl ServeState {
+    fn now(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+
+    async fn add_worker(self: &Arc<Self>, spec: WorkerSpec) -> Arc<WorkerEntry> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let w = Arc::new(WorkerEntry {
+            id,
+            spec,
+            healthy: AtomicBool::new(false),
+            ever_healthy: AtomicBool::new(false),
+            routed: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            models: Mutex::new(Vec::new()),
+            reconnect: Notify::new(),
+            subscriber: Mutex::new(None),
+            events: AtomicU64::new(0),
+            seq_gaps: AtomicU64::new(0),
+        });
+        self.router.lock().add_worker(w.key());
+        if let Some(ep) = w.spec.kv_events.clone() {
+            let h = tokio::spawn(subscriber(Arc::downgrade(self), w.clone(), ep));
+            if let Ok(mut s) = w.subscriber.lock() {
+                *s = Some(h);
+            }
+        }
+        self.check(&w).await;
+        if let Ok(mut ws) = self.workers.write() {
+            ws.push(w.clone());
+        }
+        w
+    }
+
+    fn remove_worker(&self, id: u64) -> bool {
+        let removed = self.workers.write().ok().and_then(|mut ws| {
+            let i = ws.iter().position(|w| w.id == id)?;
+            Some(ws.remove(i))
+        });
+        match removed {
+            Some(w) => {
+                w.stop();
+                self.router.lock().remove_worker(w.key());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Probe `/v1/models`: health and served model names.
+    async fn check(&self, w: &WorkerEntry) {
+        let r = self
+            .probe
+            .get(format!("{}/v1/models", w.spec.url))
+            .send()
+            .await;
+        let models = match r {
+            Ok(r) if r.status().is_success() => r.json::<Value>().await.ok().map(|v| {
+                v["data"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|m| m["id"].as_str().map(String::from))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            }),
+            _ => None,
+        };
+        match models {
+            Some(m) => {
+                if let Ok(mut g) = w.models.lock() {
+                    *g = m;
+                }
+                if !w.healthy.swap(true, Ordering::Relaxed)
+                    && w.ever_healthy.swap(true, Ordering::Relaxed)
+                {
+                    // Back after being down: resubscribe to its events (a restarted engine
+                    // starts a new stream; the old connection may hang).
+                    w.reconnect.notify_one();
+                }
+            }
+            None => w.healthy.store(false, Ordering::Relaxed),
+        }
+    }
+
+    fn models(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if let Ok(ws) = self.workers.read() {
+            for w in ws.iter().filter(|w| w.healthy.load(Ordering::Relaxed)) {
+                if let Ok(m) = w.models.lock() {
+                    for name in m.iter() {
+                        if !out.contains(name) {
+                            out.push(name.clone());
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+// ----- KV events ------------------------------------------------------------------------------
+
+async fn subscriber(state: std::sync::Weak<ServeState>, w: Arc<WorkerEntry>, endpoint: String) {
+    let mut translator = EngineHashTranslator::new();
+    let mut had_state = false;
+    let mut max_rank = 0u32;
+    loop {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let ep = endpoint.clone();
+        let sub = tokio::spawn(async move {
+            let _ = subscribe_once(&ep, tx, Duration::from_millis(200)).await;
+        });
+        let mut last_seq: Option<u64> = None;
+        if had_state {
+            // Events may have been missed while disconnected.
+            if let Some(st) = state.upgrade() {
+                resync(&st, &w, &mut translator, max_rank);
+            }
+        }
+        loop {
+            tokio::select! {
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    let Some(st) = state.upgrade() else { sub.abort(); return };
+                    let Ok((seq, payload)) = split_frames(msg) else {
+                        st.metrics.event_errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    if let Some(l) = last_seq && seq != l.wrapping_add(1) {
+                        w.seq_gaps.fetch_add(1, Ordering::Relaxed);
+                        st.metrics.seq_gaps.fetch_add(1, Ordering::Relaxed);
+                        resync(&st, &w, &mut translator, max_rank);
+                    }
+                    last_seq = Some(seq);
+                    had_state = true;
+                    if let Some(r) = apply_payload(&st, &w, &mut translator, &payload) {
+                        max_rank = max_rank.max(r);
+                    }
+                }
+                _ = w.reconnect.notified() => break,
+            }
+        }
+        sub.abort();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// DP ranks above this in an event batch are treated as garbage.
+const MAX_DP_RANKS: u32 = 1024;
+
+/// Forget what `w` (DP ranks `0..=max_rank`) caches: events were lost. Only the cache
+/// entries go; its load tracking stays.
+fn resync(st: &ServeState, w: &WorkerEntry, translator: &mut EngineHashTranslator, max_rank: u32) {
+    let mut r = st.router.lock();
+    for rank in 0..=max_rank {
+        let key = WorkerKey::new(w.id, rank);
+        translator.clear_worker(key);
+        r.apply_event(key, &KvEvent::AllCleared);
+    }
+}
+
+fn apply_payload(
+    st: &ServeState,
+    w: &WorkerEntry,
+    translator: &mut EngineHashTranslator,
+    payload: &[u8],
+) -> Option<u32> {
+    let m = &st.metrics;
+    let d = match decode_batch(payload) {
+        Ok(d) => d,
+        Err(_) => {
+            m.event_errors.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+    };
+    m.event_batches.fetch_add(1, Ordering::Relaxed);
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    if d.batch.ts > 0.0 {
+        m.event_lag.observe((now_unix - d.batch.ts).max(0.0));
+    }
+    let rank = d.batch.dp_rank.unwrap_or(0);
+    if rank >= MAX_DP_RANKS {
+        m.event_errors.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    let key = WorkerKey::new(w.id, rank);
+    let bs = st.hasher.block_size();
+    let mut out = Vec::with_capacity(d.batch.events.len());
+    for ev in &d.batch.events {
+        w.events.fetch_add(1, Ordering::Relaxed);
+        m.events.fetch_add(1, Ordering::Relaxed);
+        match ev {
+            WireEvent::BlockStored {
+                block_hashes,
+                parent_block_hash,
+                token_ids,
+                block_size,
+                medium,
+                ..
+            } => {
+                if medium.as_deref().is_some_and(|x| x != "GPU") {
+                    continue; // offload tiers are not what the router matches against
+                }
+                if *block_size != bs {
+                    m.event_errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let (ev, issue) =
+                    translator.stored(key, *parent_block_hash, block_hashes, token_ids, &st.hasher);
+                if issue.is_some() {
+                    m.event_issues.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(ev) = ev {
+                    out.push((key, ev));
+                }
+            }
+            WireEvent::BlockRemoved {
+                block_hashes,
+                medium,
+            } => {
+                if medium.as_deref().is_some_and(|x| x != "GPU") {
+                    continue;
+                }
+                let (ev, _) = translator.removed(key, block_hashes);
+                out.push((key, ev));
+            }
+            WireEvent::AllBlocksCleared => {
+                translator.clear_worker(key);
+                out.push((key, KvEvent::AllCleared));
+            }
+        }
+    }
+    if !out.is_empty() {
+        st.router.lock().apply_events(&out);
+    }
+    Some(key.dp_rank)
+}
+
+// ----- HTTP: admin ---------------------------------------------------------------------------
+
+fn worker_json(st: &ServeState, w: &WorkerEntry) -> Value {
+    let r = st.router.lock();
+    let snap = r.snapshot(w.key(), st.now());
+    let blocks = r.index().worker_blocks(w.key());
+    drop(r);
+    json!({
+        "id": w.id,
+        "url": w.spec.url,
+        "role": w.spec.role,
+        "kv_events": w.spec.kv_events,
+        "healthy": w.healthy.load(Ordering::Relaxed),
+        "models": w.models.lock().map(|m| m.clone()).unwrap_or_default(),
+        "load": {
+            "active_requests": snap.active_requests,
+            "prefill_tokens": snap.prefill_tokens,
+            "active_blocks": snap.active_blocks,
+        },
+        "cached_blocks": blocks,
+        "requests_routed": w.routed.load(Ordering::Relaxed),
+        "upstream_errors": w.errors.load(Ordering::Relaxed),
+        "kv_events_received": w.events.load(Ordering::Relaxed),
+        "kv_event_seq_gaps": w.seq_gaps.load(Ordering::Relaxed),
+    })
+}
+
+async fn list_workers(State(st): State<Arc<ServeState>>) -> Response {
+    let ws: Vec<_> = st.workers.read().map(|w| w.clone()).unwrap_or_default();
+    let data: Vec<Value> = ws.iter().map(|w| worker_json(&st, w)).collect();
+    axum::Json(json!({"object": "list", "policy": st.policy, "data": data})).into_response()
+}
+
+async fn add_worker(State(st): State<Arc<ServeState>>, body: Bytes) -> Response {
+    let mut spec: WorkerSpec = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            return ApiError::unprocessable(
+                "body",
+                format!("expected {{\"url\": ..., \"kv_events\"?: ..., \"role\"?: ...}}: {e}"),
+            )
+            .into_response();
+        }
+    };
+    if let Err(e) = spec.validate() {
+        return ApiError::bad(e).into_response();
+    }
+    let w = st.add_worker(spec).await;
+    (StatusCode::CREATED, axum::Json(worker_json(&st, &w))).into_response()
+}
+
+async fn remove_worker(State(st): State<Arc<ServeState>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return ApiError::bad(format!("worker id must be an integer (got {id:?})")).into_response();
+    };
+    if st.remove_worker(id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        ApiError::new(StatusCode::NOT_FOUND, format!("no worker with id {id}")).into_response()
+    }
+}
+
+async fn models(State(st): State<Arc<ServeState>>) -> Response {
+    let data: Vec<Value> = st
+        .models()
+        .into_iter()
+        .map(|m| json!({"id": m, "object": "model", "owned_by": "switchyard"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+// ----- HTTP: proxy ---------------------------------------------------------------------------
+
+async fn completions(State(st): State<Arc<ServeState>>, body: Body) -> Response {
+    proxy(st, Endpoint::Completions, body).await
+}
+
+async fn chat(State(st): State<Arc<ServeState>>, body: Body) -> Response {
+    proxy(st, Endpoint::Chat, body).await
+}
+
+async fn proxy(st: Arc<ServeState>, ep: Endpoint, body: Body) -> Response {
+    let start = Instant::now();
+    let r = match read_body(body, st.max_body).await {
+        Ok(body) => proxy_inner(&st, ep, body, start).await,
+        Err(e) => Err(e),
+    };
+    let resp = r.unwrap_or_else(IntoResponse::into_response);
+    st.metrics.count_status(resp.status().as_u16());
+    resp
+}
+
+async fn proxy_inner(
+    st: &Arc<ServeState>,
+    ep: Endpoint,
+    body: Bytes,
+    start: Instant,
+) -> Result<Response, ApiError> {
+    let p = parse_request(&body, ep)?;
+    let known = st.models();
+    let candidates: Vec<Arc<WorkerEntry>> = st
+        .workers
+        .read()
+        .map(|ws| {
+            ws.iter()
+                .filter(|w| w.spec.role == "aggregated" && w.healthy.load(Ordering::Relaxed))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if candidates.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy aggregated worker is available; add one with --worker URL or POST /v1/workers",
+        ));
+    }
+    if !known.is_empty() && !known.contains(&p.model) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "The model `{}` does not exist. Served: {}",
+                p.model,
+                known.join(", ")
+            ),
+        )
+        .with_param("model"));
+    }
+    let tokens = prompt_tokens(&p.prompt);
+    let hashes = st.hasher.hash(&tokens);
+    let mut tried: Vec<u64> = Vec::new();
+    let mut last_err = String::new();
+    for attempt in 0..st.max_attempts {
+        let pool: Vec<&Arc<WorkerEntry>> = candidates
+            .iter()
+            .filter(|w| !tried.contains(&w.id) && w.healthy.load(Ordering::Relaxed))
+            .collect();
+        if pool.is_empty() {
+            break;
+        }
+        let keys: Vec<WorkerKey> = pool.iter().map(|w| w.key()).collect();
+        let t_route = Instant::now();
+        let (decision, guard) = st
+            .router
+            .route(&hashes, tokens.len() as u32, &keys, st.now())
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let route_us = t_route.elapsed().as_micros();
+        let Some(w) = pool
+            .iter()
+            .find(|w| w.key() == decision.worker)
+            .map(|w| (*w).clone())
+        else {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "router chose an unknown worker",
+            ));
+        };
+        st.metrics.decisions.fetch_add(1, Ordering::Relaxed);
+        st.metrics
+            .overlap_blocks
+            .fetch_add(decision.overlap_blocks() as u64, Ordering::Relaxed);
+        if attempt > 0 {
+            st.metrics.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        tried.push(w.id);
+        let sent = st
+            .client
+            .post(format!("{}{}", w.spec.url, ep.path()))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        let resp = match sent {
+            Ok(r) if r.status().is_server_error() => {
+                last_err = format!("worker {} answered {}", w.spec.url, r.status());
+                w.errors.fetch_add(1, Ordering::Relaxed);
+                st.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Ok(r) => r,
+            Err(e) => {
+                last_err = format!("worker {}: {e}", w.spec.url);
+                w.errors.fetch_add(1, Ordering::Relaxed);
+                st.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                if e.is_connect() {
+                    w.healthy.store(false, Ordering::Relaxed);
+                }
+                continue;
+            }
+        };
+        w.routed.fetch_add(1, Ordering::Relaxed);
+        let status = resp.status();
+        let mut headers = HeaderMap::new();
+        if let Some(ct) = resp.headers().get(header::CONTENT_TYPE) {
+            headers.insert(header::CONTENT_TYPE, ct.clone());
+        }
+        if let Ok(v) = HeaderValue::from_str(&w.spec.url) {
+            headers.insert("x-switchyard-worker", v);
+        }
+        headers.insert("x-switchyard-worker-id", HeaderValue::from(w.id));
+        headers.insert(
+            "x-switchyard-overlap-blocks",
+            HeaderValue::from(decision.overlap_blocks()),
+        );
+        headers.insert("x-switchyard-route-us", HeaderValue::from(route_us as u64));
+        headers.insert(
+            "x-switchyard-upstream-ms",
+            HeaderValue::from(start.elapsed().as_millis() as u64),
+        );
+        let relay = Relay {
+            upstream: Box::pin(resp.bytes_stream()),
+            guard: Some(guard),
+            first: true,
+            start,
+            st: st.clone(),
+            worker: w,
+            sse: p.stream,
+            ok: status.is_success(),
+            done: false,
+            at_boundary: true,
+        };
+        let body = stream::unfold(relay, |mut r| async move {
+            let item = r.next().await?;
+            Some((Ok::<_, std::convert::Infallible>(item), r))
+        });
+        let mut out = Response::new(Body::from_stream(body));
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        return Ok(out);
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "all {} attempt(s) failed before the first byte; last error: {last_err}",
+            tried.len()
+        ),
+    ))
+}
+
+type ByteStream = std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// Streams the upstream body to the client, updating load and latency metrics.
+struct Relay {
+    upstream: ByteStream,
+    guard: Option<RouteGuard>,
+    first: bool,
+    start: Instant,
+    st: Arc<ServeState>,
+    worker: Arc<WorkerEntry>,
+    sse: bool,
+    ok: bool,
+    done: bool,
+    /// The bytes sent so far end at an SSE event boundary.
+    at_boundary: bool,
+}
+
+impl Relay {
+    async fn next(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        match self.upstream.next().await {
+            Some(Ok(b)) => {
+                if self.first {
+                    self.first = false;
+                    if let Some(g) = &self.guard {
+                        g.prefill_done();
+                    }
+                    if self.ok {
+                        self.st
+                            .metrics
+                            .ttft
+                            .observe(self.start.elapsed().as_secs_f64());
+                    }
+                }
+                if !b.is_empty() {
+                    self.at_boundary = b.ends_with(b"\n\n");
+                }
+                Some(b)
+            }
+            Some(Err(e)) => {
+                self.done = true;
+                self.guard = None;
+                self.worker.errors.fetch_add(1, Ordering::Relaxed);
+                self.st
+                    .metrics
+                    .upstream_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                self.st
+                    .metrics
+                    .midstream_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                // Mark down now; the health check brings it back if it recovers.
+                self.worker.healthy.store(false, Ordering::Relaxed);
+                let msg = json!({"error": {
+                    "message": format!("upstream worker {} failed mid-response: {e}", self.worker.spec.url),
+                    "type": "server_error", "param": null, "code": 502}});
+                let sep = if self.at_boundary { "" } else { "\n\n" };
+                Some(Bytes::from(if self.sse {
+                    format!("{sep}data: {msg}\n\n")
+                } else {
+                    msg.to_string()
+                }))
+            }
+            None => {
+                self.done = true;
+                self.guard = None;
+                if self.ok {
+                    self.st
+                        .metrics
+                        .e2e
+                        .observe(self.start.elapsed().as_secs_f64());
+                }
+                None
+            }
+        }
+    }
+}
+
+// ----- metrics -------------------------------------------------------------------------------
+
+/// Cumulative Prometheus histogram with fixed buckets (seconds).
+struct Histogram {
+    inner: Mutex<(Vec<u64>, f64, u64)>,
+}
+
+const BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new((vec![0; BUCKETS.len()], 0.0, 0)),
+        }
+    }
+}
+
+impl Histogram {
+    fn observe(&self, v: f64) {
+        if let Ok(mut g) = self.inner.lock() {
+            if let Some(i) = BUCKETS.iter().position(|&b| v <= b) {
+                g.0[i] += 1;
+            }
+            g.1 += v;
+            g.2 += 1;
+        }
+    }
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let Ok(g) = self.inner.lock() else { return };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cum = 0;
+        for (b, c) in BUCKETS.iter().zip(&g.0) {
+            cum += c;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", g.2);
+        let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", g.1, g.2);
+    }
+}
+
+#[derive(Default)]
+struct Metrics {
+    by_status: Mutex<FxHashMap<u16, u64>>,
+    ttft: Histogram,
+    e2e: Histogram,
+    event_lag: Histogram,
+    decisions: AtomicU64,
+    overlap_blocks: AtomicU64,
+    retries: AtomicU64,
+    upstream_errors: AtomicU64,
+    midstream_errors: AtomicU64,
+    events: AtomicU64,
+    event_batches: AtomicU64,
+    event_errors: AtomicU64,
+    event_issues: AtomicU64,
+    seq_gaps: AtomicU64,
+}
+
+impl Metrics {
+    fn count_status(&self, s: u16) {
+        if let Ok(mut m) = self.by_status.lock() {
+            *m.entry(s).or_default() += 1;
+        }
+    }
+}
+
+async fn metrics(State(st): State<Arc<ServeState>>) -> Response {
+    let m = &st.metrics;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_requests_total Requests answered, by HTTP status.\n# TYPE switchyard_requests_total counter"
+    );
+    if let Ok(s) = m.by_status.lock() {
+        let mut v: Vec<_> = s.iter().collect();
+        v.sort();
+        for (code, n) in v {
+            let _ = writeln!(out, "switchyard_requests_total{{status=\"{code}\"}} {n}");
+        }
+    }
+    m.ttft.render(
+        &mut out,
+        "switchyard_ttft_seconds",
+        "Time to the first upstream byte.",
+    );
+    m.e2e.render(
+        &mut out,
+        "switchyard_e2e_seconds",
+        "Time to the last upstream byte.",
+    );
+    m.event_lag.render(
+        &mut out,
+        "switchyard_kv_event_lag_seconds",
+        "Receive time minus the batch's publish timestamp.",
+    );
+    let counter = |out: &mut String, name: &str, help: &str, labels: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{labels} {v}"
+        );
+    };
+    let policy = format!("{{policy=\"{}\"}}", st.policy);
+    let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    counter(
+        &mut out,
+        "switchyard_routing_decisions_total",
+        "Routing decisions.",
+        &policy,
+        ld(&m.decisions),
+    );
+    counter(
+        &mut out,
+        "switchyard_routing_overlap_blocks_total",
+        "Cached prefix blocks on the chosen workers.",
+        &policy,
+        ld(&m.overlap_blocks),
+    );
+    counter(
+        &mut out,
+        "switchyard_retries_total",
+        "Attempts after the first.",
+        "",
+        ld(&m.retries),
+    );
+    counter(
+        &mut out,
+        "switchyard_upstream_errors_total",
+        "Upstream failures (connect, 5xx, mid-stream).",
+        "",
+        ld(&m.upstream_errors),
+    );
+    counter(
+        &mut out,
+        "switchyard_upstream_midstream_errors_total",
+        "Upstream failures after the first byte.",
+        "",
+        ld(&m.midstream_errors),
+    );
+    counter(
+        &mut out,
+        "switchyard_kv_events_total",
+        "KV events received.",
+        "",
+        ld(&m.events),
+    );
+    counter(
+        &mut out,
+        "switchyard_kv_event_batches_total",
+        "KV event batches received.",
+        "",
+        ld(&m.event_batches),
+    );
+    counter(
+        &mut out,
+        "switchyard_kv_event_errors_total",
+        "Undecodable KV event messages or block-size mismatches.",
+        "",
+        ld(&m.event_errors),
+    );
+    counter(
+        &mut out,
+        "switchyard_kv_event_translate_issues_total",
+        "BlockStored events with unknown parents or missing tokens.",
+        "",
+        ld(&m.event_issues),
+    );
+    counter(
+        &mut out,
+        "switchyard_kv_event_seq_gaps_total",
+        "Sequence gaps (worker's index entries cleared).",
+        "",
+        ld(&m.seq_gaps),
+    );
+    let (blocks, healthy, total) = {
+        let r = st.router.lock();
+        let b = r.index().exact().num_blocks() + r.index().predicted().num_blocks();
+        drop(r);
+        let ws = st.workers.read().map(|w| w.clone()).unwrap_or_default();
+        let h = ws
+            .iter()
+            .filter(|w| w.healthy.load(Ordering::Relaxed))
+            .count();
+        (b, h, ws.len())
+    };
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_index_blocks Blocks in the KV index.\n# TYPE switchyard_index_blocks gauge\nswitchyard_index_blocks {blocks}\n# HELP switchyard_workers Workers by health.\n# TYPE switchyard_workers gauge\nswitchyard_workers{{healthy=\"true\"}} {healthy}\nswitchyard_workers{{healthy=\"false\"}} {}",
+        total - healthy
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_specs() {
+        let s: WorkerSpec = "http://h:8001/,kv-events=tcp://h:5557,role=aggregated"
+            .parse()
+            .unwrap();
+        assert_eq!(s.url, "http://h:8001");
+        assert_eq!(s.kv_events.as_deref(), Some("tcp://h:5557"));
+        assert!("h:8001".parse::<WorkerSpec>().is_err());
+        assert!("http://h,role=boss".parse::<WorkerSpec>().is_err());
+        assert!("http://h,foo".parse::<WorkerSpec>().is_err());
+    }
+}

@@ -1,0 +1,68 @@
+#![allow(dead_code)]
+//! Helpers shared by the loopback tests.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use switchyard_engine::EngineConfig;
+use switchyard_server::worker::{WorkerArgs, WorkerHandle, start_worker};
+
+/// A small, fast engine: Qwen3-32B TP2 on H200 with a tiny KV cache so tests stay cheap.
+pub fn engine_cfg() -> EngineConfig {
+    EngineConfig {
+        num_gpu_blocks_override: Some(4096),
+        ..EngineConfig::default()
+    }
+}
+
+pub async fn worker(speedup: f64, events: bool) -> WorkerHandle {
+    let args = WorkerArgs {
+        speedup,
+        kv_events: events.then(|| "tcp://127.0.0.1:0".to_string()),
+        ..WorkerArgs::default()
+    };
+    start_worker(&args, engine_cfg())
+        .await
+        .expect("worker starts")
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+pub async fn post(url: &str, body: &str) -> (u16, Value, reqwest::header::HeaderMap) {
+    let r = client()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, v, headers)
+}
+
+pub async fn get(url: &str) -> (u16, String) {
+    let r = client().get(url).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The `data:` payloads of an SSE body.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(String::from)
+        .collect()
+}
+
+/// A prompt of `n` token ids starting at `base`.
+pub fn tokens(base: u32, n: u32) -> String {
+    let v: Vec<String> = (base..base + n).map(|t| t.to_string()).collect();
+    format!("[{}]", v.join(","))
+}

@@ -1,0 +1,209 @@
+//! Interoperability with third-party Python clients (`scripts/interop.py`): the official
+//! `openai` client through `serve`, a pyzmq+msgpack subscriber of worker events, and a pyzmq
+//! publisher of vLLM-format events feeding `serve`'s index.
+//!
+//! Python comes from `$SWITCHYARD_PYTHON`, else `target/venv/bin/python` (created by
+//! `.ci/run`). Without it the tests are skipped, unless `CI` is set (then they fail).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use switchyard_server::serve::{ServeArgs, start_serve};
+use switchyard_server::worker::{EventEncoding, WorkerArgs, start_worker};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The interpreter with openai/pyzmq/msgpack, or `None` (skip) outside CI.
+fn python() -> Option<PathBuf> {
+    let p = std::env::var_os("SWITCHYARD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/venv/bin/python"));
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "CI is set but {} does not exist (.ci/run creates it with openai, pyzmq, msgpack)",
+            p.display()
+        );
+    }
+    eprintln!(
+        "skipping Python interop test: {} not found (run .ci/run or set SWITCHYARD_PYTHON)",
+        p.display()
+    );
+    None
+}
+
+/// Run `scripts/interop.py ARGS` to completion on a blocking thread; panic with its output on
+/// failure.
+async fn run_py(py: PathBuf, args: Vec<String>) {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(py)
+            .arg(root().join("scripts/interop.py"))
+            .args(&args)
+            .output()
+            .expect("python runs")
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "interop.py failed:\n{text}");
+    eprintln!("{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_client_through_serve() {
+    let Some(py) = python() else { return };
+    let ws = [worker(1e4, true).await, worker(1e4, true).await];
+    let specs = ws
+        .iter()
+        .map(|w| format!("{},kv-events={}", w.url(), w.kv_events.as_ref().unwrap()))
+        .collect();
+    let s = start_serve(&ServeArgs {
+        workers: specs,
+        router: Some("kv".into()),
+        ..ServeArgs::default()
+    })
+    .await
+    .unwrap();
+    run_py(py, vec!["openai".into(), "--base".into(), s.url()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyzmq_subscriber_decodes_worker_events() {
+    let Some(py) = python() else { return };
+    for enc in [EventEncoding::Positional, EventEncoding::Map] {
+        let args = WorkerArgs {
+            speedup: 1e6,
+            kv_events: Some("tcp://127.0.0.1:0".into()),
+            kv_events_encoding: enc,
+            ..WorkerArgs::default()
+        };
+        let w = start_worker(&args, engine_cfg()).await.unwrap();
+        let name = if enc == EventEncoding::Map {
+            "map"
+        } else {
+            "positional"
+        };
+        run_py(
+            py.clone(),
+            vec![
+                "subscribe".into(),
+                "--endpoint".into(),
+                w.kv_events.clone().unwrap(),
+                "--http".into(),
+                w.url(),
+                "--encoding".into(),
+                name.into(),
+            ],
+        )
+        .await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_publishers_drive_the_index_in_both_encodings() {
+    let Some(py) = python() else { return };
+    // Two workers without their own events; each "publishes" through a Python process
+    // emitting vLLM-format events for a different prefix, in a different encoding.
+    let ws = [worker(1e6, false).await, worker(1e6, false).await];
+    let ports = [free_port(), free_port()];
+    let mut children = Vec::new();
+    for (i, enc) in ["positional", "map"].iter().enumerate() {
+        let child = Command::new(&py)
+            .arg(root().join("scripts/interop.py"))
+            .args([
+                "publish",
+                "--bind",
+                &format!("tcp://127.0.0.1:{}", ports[i]),
+                "--encoding",
+                enc,
+                "--first-token",
+                &(100_000 * (i + 1)).to_string(),
+                "--blocks",
+                "8",
+                "--seconds",
+                "30",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        children.push(KillOnDrop(child));
+    }
+    let specs = (0..2)
+        .map(|i| format!("{},kv-events=tcp://127.0.0.1:{}", ws[i].url(), ports[i]))
+        .collect();
+    let s = start_serve(&ServeArgs {
+        workers: specs,
+        router: Some("kv".into()),
+        health_interval: 0.2,
+        ..ServeArgs::default()
+    })
+    .await
+    .unwrap();
+    let base = s.url();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = get(&format!("{base}/v1/workers")).await;
+        let j: Value = serde_json::from_str(&body).unwrap();
+        let cached: Vec<u64> = j["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["cached_blocks"].as_u64().unwrap())
+            .collect();
+        if cached == [8, 8] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "index never saw both publishers: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, w) in ws.iter().enumerate() {
+        // The published prefix (8 blocks) plus a private tail.
+        let first = 100_000 * (i as u32 + 1);
+        let mut p: Vec<u32> = (first..first + 128).collect();
+        p.extend(1..20);
+        let (st, v, h) = post(
+            &format!("{base}/v1/completions"),
+            &format!(
+                r#"{{"model":"Qwen3-32B","prompt":{},"max_tokens":1}}"#,
+                serde_json::to_string(&p).unwrap()
+            ),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(h["x-switchyard-worker"], w.url().as_str());
+        assert_eq!(h["x-switchyard-overlap-blocks"], "8");
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

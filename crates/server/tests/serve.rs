@@ -1,0 +1,307 @@
+//! `serve` in front of simulated workers, over real HTTP and ZMQ on loopback.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use switchyard_server::serve::{ServeArgs, start_serve};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn args(workers: Vec<String>, policy: &str) -> ServeArgs {
+    ServeArgs {
+        workers,
+        router: Some(policy.into()),
+        health_interval: 0.2,
+        ..ServeArgs::default()
+    }
+}
+
+async fn workers_json(base: &str) -> Value {
+    let (s, body) = get(&format!("{base}/v1/workers")).await;
+    assert_eq!(s, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_aware_routing_follows_the_cache() {
+    let ws = [worker(1e6, true).await, worker(1e6, true).await];
+    let specs = ws
+        .iter()
+        .map(|w| format!("{},kv-events={}", w.url(), w.kv_events.as_ref().unwrap()))
+        .collect();
+    let s = start_serve(&args(specs, "kv")).await.unwrap();
+    let base = s.url();
+    // A long shared prefix (64 blocks), then per-request suffixes.
+    let prefix: Vec<u32> = (10_000..11_024).collect();
+    let req = |suffix: u32| {
+        let mut p = prefix.clone();
+        p.extend(suffix * 100..suffix * 100 + 40);
+        format!(
+            r#"{{"model":"Qwen3-32B","prompt":{},"max_tokens":3}}"#,
+            serde_json::to_string(&p).unwrap()
+        )
+    };
+    // PUB/SUB drops events until the subscription is established (as with vLLM), so repeat
+    // the first request until its worker's BlockStored events reached the index.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let cached_on: Vec<String> = 'outer: loop {
+        let (st, v, _) = post(&format!("{base}/v1/completions"), &req(1)).await;
+        assert_eq!(st, 200, "{v}");
+        for _ in 0..20 {
+            let j = workers_json(&base).await;
+            let on: Vec<String> = j["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["cached_blocks"].as_u64().unwrap() >= 64)
+                .map(|w| w["id"].to_string())
+                .collect();
+            if !on.is_empty() {
+                break 'outer on;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no KV events reached the index: {j}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    for i in 2..8 {
+        let (st, v, h) = post(&format!("{base}/v1/completions"), &req(i)).await;
+        assert_eq!(st, 200, "{v}");
+        let id = h["x-switchyard-worker-id"].to_str().unwrap().to_string();
+        assert!(
+            cached_on.contains(&id),
+            "request {i} went to {id}, cache on {cached_on:?}"
+        );
+        let overlap: u32 = h["x-switchyard-overlap-blocks"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(overlap >= 64, "overlap {overlap}");
+        assert!(
+            v["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap()
+                >= 1024
+        );
+    }
+    let (_, m) = get(&format!("{base}/metrics")).await;
+    assert!(!m.contains("status=\"5"), "{m}");
+    assert!(m.contains("switchyard_kv_event_seq_gaps_total 0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_worker_unknown_model_retry_and_admin_api() {
+    let s = start_serve(&args(vec![], "round-robin")).await.unwrap();
+    let base = s.url();
+    let body = r#"{"model":"Qwen3-32B","prompt":"hello","max_tokens":2}"#;
+    let (st, v, _) = post(&format!("{base}/v1/completions"), body).await;
+    assert_eq!(st, 503, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no healthy")
+    );
+    let (st, _, _) = post(&format!("{base}/v1/completions"), "{bad").await;
+    assert_eq!(st, 400);
+    let (st, v, _) = post(&format!("{base}/v1/unknown"), "{}").await;
+    assert_eq!(st, 404);
+    assert!(v["error"]["message"].is_string(), "{v}");
+    let small = ServeArgs {
+        max_body_bytes: 1000,
+        ..args(vec![], "kv")
+    };
+    let s2 = start_serve(&small).await.unwrap();
+    let (st, v, _) = post(
+        &format!("{}/v1/chat/completions", s2.url()),
+        &format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "x".repeat(2000)
+        ),
+    )
+    .await;
+    assert_eq!(st, 413, "{v}");
+
+    // A dead worker (nothing listens there) and a live one, added at runtime.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let live = worker(1e6, false).await;
+    let (st, v, _) = post(
+        &format!("{base}/v1/workers"),
+        &format!(r#"{{"url":"http://{dead}"}}"#),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["healthy"], false);
+    let (st, v, _) = post(
+        &format!("{base}/v1/workers"),
+        &format!(r#"{{"url":"{}"}}"#, live.url()),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let live_id = v["id"].as_u64().unwrap();
+    let (st, _, _) = post(&format!("{base}/v1/workers"), r#"{"url":"ftp://x"}"#).await;
+    assert_eq!(st, 400);
+
+    let (st, v, _) = post(
+        &format!("{base}/v1/completions"),
+        r#"{"model":"gpt-9","prompt":"x"}"#,
+    )
+    .await;
+    assert_eq!(st, 404, "{v}");
+    for _ in 0..4 {
+        let (st, v, h) = post(&format!("{base}/v1/completions"), body).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(h["x-switchyard-worker-id"], live_id.to_string().as_str());
+        assert_eq!(v["usage"]["completion_tokens"], 2);
+    }
+    let (_, models) = get(&format!("{base}/v1/models")).await;
+    assert!(models.contains("Qwen3-32B"));
+
+    // Remove the live worker: 503 again.
+    let r = client()
+        .delete(format!("{base}/v1/workers/{live_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (st, _, _) = post(&format!("{base}/v1/completions"), body).await;
+    assert_eq!(st, 503);
+    let r = client()
+        .delete(format!("{base}/v1/workers/999"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+/// An upstream that sends headers and one SSE event, then drops the connection.
+async fn dying_upstream() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let resp = if req.starts_with("GET /v1/models") {
+                    let b = r#"{"object":"list","data":[{"id":"Qwen3-32B","object":"model"}]}"#;
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
+                        b.len()
+                    )
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+                     f\r\ndata: {\"a\":1}\n\n\r\n"
+                        .to_string()
+                };
+                let _ = s.write_all(resp.as_bytes()).await;
+                if req.starts_with("POST") {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // Dropped mid-body (no terminating chunk).
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_dying_mid_stream_gives_an_sse_error_event() {
+    let up = dying_upstream().await;
+    let s = start_serve(&args(vec![up], "round-robin")).await.unwrap();
+    let r = client()
+        .post(format!("{}/v1/completions", s.url()))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"Qwen3-32B","prompt":"hi","stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    let data = sse_data(&body);
+    assert_eq!(data[0], r#"{"a":1}"#);
+    let err: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(err["error"]["type"], "server_error", "{body}");
+    let j = workers_json(&s.url()).await;
+    assert_eq!(j["data"][0]["upstream_errors"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_propagates_through_serve() {
+    let w = worker(1.0, false).await;
+    let s = start_serve(&args(vec![w.url()], "least-load"))
+        .await
+        .unwrap();
+    let mut r = client()
+        .post(format!("{}/v1/chat/completions", s.url()))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"Qwen3-32B","messages":[{"role":"user","content":"hi"}],"max_tokens":2000,"stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    let j = workers_json(&s.url()).await;
+    assert_eq!(j["data"][0]["load"]["active_requests"], 1);
+    drop(r);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, m) = get(&format!("{}/metrics", w.url())).await;
+        let j = workers_json(&s.url()).await;
+        if m.contains("switchyard_worker_num_requests_running 0")
+            && j["data"][0]["load"]["active_requests"] == 0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running: {m} {j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_file_starts_its_workers() {
+    let recipe = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../recipes/qwen3-32b-h200/agg-round-robin.toml");
+    let a = ServeArgs {
+        config: Some(recipe),
+        speedup: 1e6,
+        ..ServeArgs::default()
+    };
+    let s = start_serve(&a).await.unwrap();
+    assert_eq!(s.local_workers.len(), 8);
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..16 {
+        let (st, v, h) = post(
+            &format!("{}/v1/completions", s.url()),
+            &format!(r#"{{"model":"Qwen3-32B","prompt":"request {i}","max_tokens":1}}"#),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        seen.insert(h["x-switchyard-worker-id"].to_str().unwrap().to_string());
+    }
+    // Round-robin over 8 workers.
+    assert_eq!(seen.len(), 8);
+    let j = workers_json(&s.url()).await;
+    assert_eq!(j["policy"], "round-robin");
+    assert!(
+        j["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["requests_routed"] == 2)
+    );
+}
