@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// Routing policy: round-robin, random, least-load, power-of-two, kv (overrides the file).
     #[arg(long)]
     pub router: Option<String>,
+    /// Where cache knowledge comes from: `events` (workers' ZMQ streams), `approximate` (the
+    /// router's own decisions, for engines without events) or `hybrid` (overrides the file).
+    #[arg(long)]
+    pub kv_feed: Option<String>,
     /// KV block size in tokens; must equal the engines' (default: the file's, else 16).
     #[arg(long)]
     pub block_size: Option<u32>,
@@ -85,6 +89,7 @@ impl Default for ServeArgs {
             workers: vec![],
             config: None,
             router: None,
+            kv_feed: None,
             block_size: None,
             speedup: 1.0,
             health_interval: 2.0,
@@ -252,6 +257,11 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
     }
     if let Some(p) = &args.router {
         router_cfg.policy = p.parse::<PolicyKind>()?;
+    }
+    if let Some(f) = &args.kv_feed {
+        router_cfg.kv_feed = serde_json::from_value(Value::String(f.clone())).map_err(|_| {
+            anyhow::anyhow!("--kv-feed {f:?}: expected events, approximate or hybrid")
+        })?;
     }
     if let Some(bs) = args.block_size {
         router_cfg.block_size = bs;

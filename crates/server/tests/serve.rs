@@ -305,3 +305,69 @@ async fn deployment_file_starts_its_workers() {
             .all(|w| w["requests_routed"] == 2)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unhealthy_worker_comes_back_when_it_answers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = start_serve(&args(vec![format!("http://127.0.0.1:{port}")], "kv"))
+        .await
+        .unwrap();
+    let body = r#"{"model":"Qwen3-32B","prompt":"hello","max_tokens":2}"#;
+    let (st, _, _) = post(&format!("{}/v1/completions", s.url()), body).await;
+    assert_eq!(st, 503);
+    // The engine starts on that port later; the health check (every 0.2 s) brings it in.
+    let wargs = switchyard_server::worker::WorkerArgs {
+        port,
+        speedup: 1e6,
+        ..Default::default()
+    };
+    let _w = switchyard_server::worker::start_worker(&wargs, engine_cfg())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (st, v, _) = post(&format!("{}/v1/completions", s.url()), body).await;
+        if st == 200 {
+            assert_eq!(v["usage"]["completion_tokens"], 2);
+            break;
+        }
+        assert_eq!(st, 503);
+        assert!(Instant::now() < deadline, "worker never became healthy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(workers_json(&s.url()).await["data"][0]["healthy"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approximate_feed_routes_by_its_own_decisions() {
+    // Workers without events: the router remembers where it sent each prefix.
+    let ws = [worker(1e6, false).await, worker(1e6, false).await];
+    let s = start_serve(&ServeArgs {
+        kv_feed: Some("approximate".into()),
+        ..args(ws.iter().map(|w| w.url()).collect(), "kv")
+    })
+    .await
+    .unwrap();
+    let prefix = tokens(50_000, 512);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..5 {
+        let (st, v, h) = post(
+            &format!("{}/v1/completions", s.url()),
+            &format!(r#"{{"model":"Qwen3-32B","prompt":{prefix},"max_tokens":1}}"#),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        seen.insert(h["x-switchyard-worker-id"].to_str().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let bad = start_serve(&ServeArgs {
+        kv_feed: Some("psychic".into()),
+        ..ServeArgs::default()
+    })
+    .await;
+    assert!(bad.is_err());
+}

@@ -169,15 +169,19 @@ async fn publishes_vllm_kv_events_with_token_ids() {
     sub.connect(&ep).await.unwrap();
     sub.subscribe("").await.unwrap();
     // PUB/SUB joins are asynchronous: send requests until events flow.
-    let prompt: Vec<u32> = (500..548).collect(); // 3 full blocks
-    let body = format!(
-        r#"{{"model":"Qwen3-32B","prompt":{},"max_tokens":2}}"#,
-        serde_json::to_string(&prompt).unwrap()
-    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut stored = None;
     let mut last_seq = None;
+    let mut prompts: Vec<Vec<u32>> = Vec::new();
     while stored.is_none() && Instant::now() < deadline {
+        // Fresh prompts: a repeated one would hit the cache and store nothing.
+        let base = 500 + 100 * prompts.len() as u32;
+        let prompt: Vec<u32> = (base..base + 48).collect(); // 3 full blocks
+        let body = format!(
+            r#"{{"model":"Qwen3-32B","prompt":{},"max_tokens":2}}"#,
+            serde_json::to_string(&prompt).unwrap()
+        );
+        prompts.push(prompt);
         let (s, _, _) = post(&format!("{}/v1/completions", w.url()), &body).await;
         assert_eq!(s, 200);
         while let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_millis(200), sub.recv()).await {
@@ -208,8 +212,8 @@ async fn publishes_vllm_kv_events_with_token_ids() {
     };
     assert_eq!(block_size, 16);
     assert_eq!(parent_block_hash, None);
-    assert_eq!(token_ids, prompt);
-    assert_eq!(block_hashes, BlockHasher::new(16).unwrap().hash(&prompt));
+    assert!(prompts.contains(&token_ids), "{token_ids:?}");
+    assert_eq!(block_hashes, BlockHasher::new(16).unwrap().hash(&token_ids));
     assert_eq!(medium.as_deref(), Some("GPU"));
 }
 
