@@ -37,7 +37,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::events::{split_frames, subscribe_once};
 use crate::openai::{ApiError, Endpoint, parse_request, read_body};
-use crate::tokenizer::prompt_tokens;
+use crate::tokenizer::prompt_tokens_async;
 use crate::worker::{WorkerArgs, WorkerHandle, not_found, start_worker};
 
 /// Run the OpenAI-compatible frontend and router.
@@ -272,6 +272,10 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
         "--health-interval must be positive"
     );
     let hasher = BlockHasher::new(router_cfg.block_size)?;
+    // Load the default tokenizer now (~0.3 s), not on the first request.
+    tokio::task::spawn_blocking(|| {
+        let _ = crate::tokenizer::default_bpe();
+    });
     let core = Core::new(router_cfg.clone())?;
     let policy = core.policy_name();
     let state = Arc::new(ServeState {
@@ -747,7 +751,7 @@ async fn proxy_inner(
         )
         .with_param("model"));
     }
-    let tokens = prompt_tokens(&p.prompt);
+    let tokens = prompt_tokens_async(&p.prompt).await;
     let hashes = st.hasher.hash(&tokens);
     let mut tried: Vec<u64> = Vec::new();
     let mut last_err = String::new();

@@ -34,6 +34,26 @@ pub fn prompt_tokens(p: &Prompt) -> Vec<u32> {
     }
 }
 
+/// Text longer than this (bytes) is tokenized on the blocking pool, not on a runtime thread.
+const INLINE_TOKENIZE_BYTES: usize = 16 << 10;
+
+/// [`prompt_tokens`] that keeps long texts off the async runtime threads.
+pub async fn prompt_tokens_async(p: &Prompt) -> Vec<u32> {
+    let len = match p {
+        Prompt::Tokens(_) => 0,
+        Prompt::Text(s) => s.len(),
+        Prompt::Chat(m) => m.iter().map(|(r, c)| r.len() + c.len()).sum(),
+    };
+    if len <= INLINE_TOKENIZE_BYTES {
+        return prompt_tokens(p);
+    }
+    let owned = p.clone();
+    match tokio::task::spawn_blocking(move || prompt_tokens(&owned)).await {
+        Ok(t) => t,
+        Err(_) => prompt_tokens(p),
+    }
+}
+
 /// Filler words, each exactly one o200k token with its leading space, and staying one token
 /// per word when concatenated (checked in tests), so a text of `n` pieces is `n` tokens.
 const FILLER: [&str; 16] = [

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::events::{EventPublisher, start_publisher};
 use crate::openai::{ApiError, Endpoint, ParsedRequest, parse_request, read_body};
-use crate::tokenizer::{filler_piece, filler_text, prompt_tokens};
+use crate::tokenizer::{filler_piece, filler_text, prompt_tokens_async};
 
 /// KV-event payload encoding on the wire.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -211,6 +211,10 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
         args.speedup
     );
     let catalog = Catalog::load(args.catalog.as_deref())?;
+    // Load the default tokenizer now (~0.3 s), not on the first request.
+    tokio::task::spawn_blocking(|| {
+        let _ = crate::tokenizer::default_bpe();
+    });
     let mut cfg = cfg;
     cfg.kv_events = args.kv_events.is_some();
     let engine = Engine::new(&catalog, &cfg)?;
@@ -739,7 +743,7 @@ async fn admit(
         )
         .with_param("model"));
     }
-    let tokens = prompt_tokens(&p.prompt);
+    let tokens = prompt_tokens_async(&p.prompt).await;
     let max_out = p.max_tokens.unwrap_or(s.default_max_tokens);
     let total = tokens.len() as u64 + max_out as u64;
     if total > s.max_model_len as u64 {

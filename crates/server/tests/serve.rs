@@ -371,3 +371,76 @@ async fn approximate_feed_routes_by_its_own_decisions() {
     .await;
     assert!(bad.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_gap_clears_the_workers_index_entries() {
+    use switchyard_kv::wire::{WireBatch, WireEncoding, WireEvent, encode_batch};
+    use zeromq::{Socket, SocketSend, ZmqMessage};
+
+    let w = worker(1e6, false).await;
+    let mut publisher = zeromq::PubSocket::new();
+    let ep = publisher
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .unwrap()
+        .to_string();
+    let s = start_serve(&args(vec![format!("{},kv-events={ep}", w.url())], "kv"))
+        .await
+        .unwrap();
+    let stored = |first: u32, blocks: u32| {
+        let tokens: Vec<u32> = (first..first + 16 * blocks).collect();
+        encode_batch(
+            &WireBatch {
+                ts: 0.0,
+                events: vec![WireEvent::BlockStored {
+                    block_hashes: (0..blocks as u64)
+                        .map(|i| u64::MAX - first as u64 - i)
+                        .collect(),
+                    parent_block_hash: None,
+                    token_ids: tokens,
+                    block_size: 16,
+                    lora_id: None,
+                    medium: None,
+                }],
+                dp_rank: None,
+            },
+            WireEncoding::Map,
+        )
+    };
+    let frame = |seq: u64, payload: Vec<u8>| {
+        ZmqMessage::try_from(vec![
+            axum::body::Bytes::new(),
+            axum::body::Bytes::copy_from_slice(&seq.to_be_bytes()),
+            axum::body::Bytes::from(payload),
+        ])
+        .unwrap()
+    };
+    let cached = |j: &Value| j["data"][0]["cached_blocks"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seq = 0;
+    loop {
+        publisher.send(frame(seq, stored(1, 4))).await.unwrap();
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if cached(&workers_json(&s.url()).await) == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "events never arrived");
+    }
+    // Skip 3 sequence numbers: the router cannot know what it missed, so it drops this
+    // worker's entries and rebuilds from the events that follow.
+    publisher
+        .send(frame(seq + 3, stored(1000, 2)))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let j = workers_json(&s.url()).await;
+        if j["data"][0]["kv_event_seq_gaps"] == 1 {
+            assert_eq!(cached(&j), 2, "{j}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "gap not detected: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
