@@ -347,6 +347,8 @@ struct WorkerEntry {
     ever_healthy: AtomicBool,
     routed: AtomicU64,
     errors: AtomicU64,
+    /// Failures before the first byte since the last success.
+    consecutive_failures: AtomicU64,
     models: Mutex<Vec<String>>,
     reconnect: Notify,
     subscriber: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -395,6 +397,7 @@ impl ServeState {
             ever_healthy: AtomicBool::new(false),
             routed: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            consecutive_failures: AtomicU64::new(0),
             models: Mutex::new(Vec::new()),
             reconnect: Notify::new(),
             subscriber: Mutex::new(None),
@@ -800,6 +803,14 @@ async fn proxy_inner(
                 last_err = format!("worker {} answered {}", w.spec.url, r.status());
                 w.errors.fetch_add(1, Ordering::Relaxed);
                 st.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                // Circuit breaker: a worker failing every request leaves the candidate set
+                // until its next successful health check.
+                if w.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+                    >= MAX_CONSECUTIVE_FAILURES
+                {
+                    w.healthy.store(false, Ordering::Relaxed);
+                    w.consecutive_failures.store(0, Ordering::Relaxed);
+                }
                 continue;
             }
             Ok(r) => r,
@@ -814,6 +825,7 @@ async fn proxy_inner(
             }
         };
         w.routed.fetch_add(1, Ordering::Relaxed);
+        w.consecutive_failures.store(0, Ordering::Relaxed);
         let status = resp.status();
         let mut headers = HeaderMap::new();
         if let Some(ct) = resp.headers().get(header::CONTENT_TYPE) {
@@ -861,6 +873,9 @@ async fn proxy_inner(
         ),
     ))
 }
+
+/// Consecutive 5xx answers after which a worker is taken out until its next health check.
+const MAX_CONSECUTIVE_FAILURES: u64 = 3;
 
 type ByteStream = std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 

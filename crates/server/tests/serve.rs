@@ -444,3 +444,77 @@ async fn sequence_gap_clears_the_workers_index_entries() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Healthy by its model list, but every generation fails with 500.
+async fn failing_upstream() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let b = if buf[..n].starts_with(b"GET") {
+                    r#"{"object":"list","data":[{"id":"Qwen3-32B","object":"model"}]}"#
+                } else {
+                    r#"{"error":{"message":"boom"}}"#
+                };
+                let status = if buf[..n].starts_with(b"GET") {
+                    "200 OK"
+                } else {
+                    "500 Internal Server Error"
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
+                    b.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_before_the_first_byte_are_retried_elsewhere() {
+    let bad = failing_upstream().await;
+    let good = worker(1e6, false).await;
+    let s = start_serve(&args(vec![bad, good.url()], "round-robin"))
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        let (st, v, h) = post(
+            &format!("{}/v1/completions", s.url()),
+            r#"{"model":"Qwen3-32B","prompt":"hi","max_tokens":1}"#,
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(h["x-switchyard-worker"], good.url().as_str());
+    }
+    let (_, m) = get(&format!("{}/metrics", s.url())).await;
+    let retries: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_retries_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Tried first at most until the circuit breaker (3 consecutive 5xx) took it out.
+    assert!((1..=6).contains(&retries), "{m}");
+    // With only the failing worker, the client gets a 502 naming the cause.
+    let s2 = start_serve(&args(vec![failing_upstream().await], "round-robin"))
+        .await
+        .unwrap();
+    let (st, v, _) = post(
+        &format!("{}/v1/completions", s2.url()),
+        r#"{"model":"Qwen3-32B","prompt":"hi","max_tokens":1}"#,
+    )
+    .await;
+    assert_eq!(st, 502, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("500"),
+        "{v}"
+    );
+}
