@@ -396,6 +396,13 @@ impl Engine {
             plan.blocks_per_rank = n;
             plan.tokens_per_rank = n as u64 * cfg.block_size as u64;
         }
+        if plan.blocks_per_rank > crate::blocks::MAX_BLOCKS {
+            return bad(format!(
+                "{} KV blocks per scheduler exceed the supported {} (raise block_size)",
+                plan.blocks_per_rank,
+                crate::blocks::MAX_BLOCKS
+            ));
+        }
         let par = format!("TP{} DP{} EP{}", cfg.tp, cfg.dp, cfg.ep);
         if plan.kv_bytes <= 0.0 || plan.blocks_per_rank == 0 {
             return Err(EngineError::DoesNotFit(format!(
@@ -838,14 +845,11 @@ impl Engine {
         } else {
             None
         };
-        let mut ev = ev;
         for h in &seq.hashes[..hit] {
             seq.blocks.push(rank.pool.acquire_cached(*h));
         }
-        for _ in 0..need {
-            let b = rank.pool.alloc(ev.as_deref_mut())?;
-            seq.blocks.push(b);
-        }
+        // Enough blocks: checked above (prefix hits on free blocks leave the free queue).
+        rank.pool.alloc_n(need, &mut seq.blocks, ev);
         seq.computed = hit as u32 * bs;
         seq.registered = hit as u32;
         seq.state = St::AwaitingKv;
@@ -970,10 +974,9 @@ impl Engine {
                     r.memo = None;
                 }
             }
-            let pool = &mut self.ranks[seq.rank as usize].pool;
-            for &b in seq.blocks.iter().rev() {
-                pool.release(b);
-            }
+            self.ranks[seq.rank as usize]
+                .pool
+                .release_all_rev(&seq.blocks);
             self.ids.remove(&seq.id);
             self.free_slots.push(slot);
         }
@@ -1323,9 +1326,7 @@ impl Engine {
             return;
         };
         let rank = &mut self.ranks[r];
-        for &b in seq.blocks.iter().rev() {
-            rank.pool.release(b);
-        }
+        rank.pool.release_all_rev(&seq.blocks);
         rank.pending += match seq.state {
             St::Prefilling => seq.computed as u64,
             _ => (seq.prompt + seq.generated) as u64,
@@ -1417,17 +1418,9 @@ impl Engine {
         for h in &seq.hashes[..hit] {
             seq.blocks.push(rank.pool.acquire_cached(*h));
         }
-        for _ in 0..need {
-            let ev = if kv_events {
-                Some(&mut rank.events)
-            } else {
-                None
-            };
-            match rank.pool.alloc(ev) {
-                Some(b) => seq.blocks.push(b),
-                None => break, // cannot happen: checked above
-            }
-        }
+        // Enough blocks: checked above.
+        rank.pool
+            .alloc_n(need, &mut seq.blocks, kv_events.then_some(&mut rank.events));
         seq.computed = hit_tokens;
         rank.pending -= hit_tokens as u64;
         seq.registered = hit as u32;
@@ -1463,7 +1456,18 @@ impl Engine {
             None => return ChunkResult::Stop,
         };
         let c = ((target - computed) as u64).min(*budget) as u32;
-        let need = (computed + c).div_ceil(bs).saturating_sub(have);
+        let mut need = (computed + c).div_ceil(bs).saturating_sub(have);
+        // What the free queue has, in one batch (same order as one by one); preemption below
+        // only once it runs dry.
+        let now = need.min(self.ranks[r].pool.free());
+        if now > 0 {
+            let rank = &mut self.ranks[r];
+            if let Some(s) = self.slab[slot as usize].as_mut() {
+                rank.pool
+                    .alloc_n(now, &mut s.blocks, kv_events.then_some(&mut rank.events));
+            }
+            need -= now;
+        }
         for _ in 0..need {
             loop {
                 let rank = &mut self.ranks[r];
@@ -1578,6 +1582,11 @@ fn register_blocks(
     let mut parent: Option<BlockHash> = None;
     for j in seq.registered..full {
         let j = j as usize;
+        if let Some(&ahead) = seq.hashes.get(j + 16)
+            && j + 16 < full as usize
+        {
+            pool.prefetch_hash(ahead);
+        }
         let h = seq.hashes[j];
         let fresh = pool.register(seq.blocks[j], h);
         if let Some(ev) = events.as_deref_mut() {

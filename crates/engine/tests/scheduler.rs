@@ -677,3 +677,17 @@ fn admit_local_by_role() {
     assert_eq!(o.finished[0].output_tokens, 1);
     assert!(d.admit_local(req(2, 64, &[1, 2, 3, 4, 5], 2), 0.0).is_err());
 }
+
+#[test]
+fn absurd_block_counts_are_rejected_not_allocated() {
+    let cfg = EngineConfig {
+        gpu: "H100-SXM".into(),
+        model: "Llama-3.1-8B".into(),
+        num_gpu_blocks_override: Some((1 << 30) + 1),
+        ..EngineConfig::default()
+    };
+    assert!(matches!(
+        Engine::new(&catalog(), &cfg),
+        Err(EngineError::InvalidConfig(_))
+    ));
+}
