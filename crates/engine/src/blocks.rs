@@ -164,13 +164,15 @@ impl Table {
     }
 
     /// Warm the home slot of `key` and, when the home slot ends its cache line, the next line
-    /// (probes and backward shifts continue there).
+    /// (removal's backward shift always reads the next slot; probes continue there too).
     #[inline]
     fn prefetch(&self, key: BlockHash) {
         let i = self.home(key);
-        prefetch(self.slots.as_ptr().wrapping_add(i));
-        if i & 3 == 3 {
-            prefetch(self.slots.as_ptr().wrapping_add((i + 1) & self.mask));
+        let p = self.slots.as_ptr().wrapping_add(i);
+        prefetch(p);
+        let next = self.slots.as_ptr().wrapping_add((i + 1) & self.mask);
+        if (next as usize) >> 6 != (p as usize) >> 6 {
+            prefetch(next);
         }
     }
 
