@@ -191,6 +191,8 @@ pub(crate) struct BlockPool {
     head_seq: u64,
     free_len: u32,
     table: Table,
+    /// Scratch: hashes evicted by one `alloc_n`.
+    evicted: Vec<BlockHash>,
     /// Bumped whenever a prefix lookup's answer could change (a hash appears or disappears,
     /// a cached block enters or leaves the free queue), so callers can memoize lookups.
     epoch: u64,
@@ -212,6 +214,7 @@ impl BlockPool {
             head_seq: 0,
             free_len: n,
             table: Table::with_capacity_for(n),
+            evicted: Vec::new(),
             epoch: 0,
         }
     }
@@ -301,25 +304,51 @@ impl BlockPool {
     }
 
     /// Allocate `n` blocks (`n <= free()`) into `out`, exactly as `n` calls of [`Self::alloc`].
-    pub fn alloc_n(&mut self, n: u32, out: &mut Vec<u32>, mut events: Option<&mut Vec<KvEvent>>) {
+    ///
+    /// Two passes so that memory latency overlaps: pop the blocks (the ring is a sequential
+    /// array, so their entries are prefetched well ahead) collecting the hashes they evict,
+    /// then remove those from the table (slots known from a sequential array: prefetched
+    /// ahead too). Only the table's contents matter to later operations, not the order of
+    /// removals, so this is indistinguishable from one-by-one allocation.
+    pub fn alloc_n(&mut self, n: u32, out: &mut Vec<u32>, events: Option<&mut Vec<KvEvent>>) {
         debug_assert!(n <= self.free_len);
+        let n = n.min(self.free_len);
         out.reserve(n as usize);
-        for _ in 0..n.min(self.free_len) {
-            // The ring is a sequential array of upcoming blocks: warm their entries, then
-            // (once an entry is likely cached) the table slot its hash will be removed from.
+        let mut evicted = std::mem::take(&mut self.evicted);
+        evicted.clear();
+        for _ in 0..n {
             if let Some(&f) = self.ring.get(AHEAD_ENTRY) {
                 prefetch(self.entries.as_ptr().wrapping_add(f as usize));
             }
-            if let Some(&f) = self.ring.get(AHEAD_SLOT) {
-                let e = self.entries[f as usize];
-                if e.rc & CACHED != 0 {
-                    self.table.prefetch(e.hash);
-                }
-            }
             let b = self.pop_live();
-            self.take(b, events.as_deref_mut());
+            let e = &mut self.entries[b as usize];
+            if e.rc & CACHED != 0 {
+                evicted.push(e.hash);
+            }
+            e.rc = 1;
             out.push(b);
         }
+        for &h in evicted.iter().take(AHEAD_SLOT) {
+            self.table.prefetch(h);
+        }
+        for k in 0..evicted.len() {
+            if let Some(&h) = evicted.get(k + AHEAD_SLOT) {
+                self.table.prefetch(h);
+            }
+            self.table.remove(evicted[k]);
+        }
+        self.epoch += evicted.len() as u64;
+        if let Some(ev) = events
+            && !evicted.is_empty()
+        {
+            match ev.last_mut() {
+                Some(KvEvent::Removed { blocks }) => blocks.extend_from_slice(&evicted),
+                _ => ev.push(KvEvent::Removed {
+                    blocks: evicted.clone(),
+                }),
+            }
+        }
+        self.evicted = evicted;
     }
 
     /// Pop ring items until a live one (there is one: `free_len > 0`).
