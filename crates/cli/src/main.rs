@@ -18,6 +18,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Load-generate against an OpenAI-compatible endpoint (vLLM, SGLang, TensorRT-LLM, Dynamo,
+    /// `switchyard serve`): trace replay, Poisson/gamma/constant rates, closed-loop concurrency;
+    /// TTFT, TPOT, ITL, E2E, goodput.
+    Bench(Box<switchyard_bench::BenchArgs>),
     /// List the GPUs, models and engine profiles the simulator knows.
     #[command(long_about = CATALOG_HELP)]
     Catalog {
@@ -49,6 +53,9 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Bench(args) => switchyard_bench::run_cli(&args)
+            .map(|_| ())
+            .map_err(anyhow::Error::from),
         Command::Catalog { dir } => switchyard_engine::Catalog::load(dir.as_deref())
             .map(|c| print!("{}", c.render_table()))
             .map_err(Into::into),
