@@ -312,10 +312,6 @@ impl<'a> Sim<'a> {
             ));
         }
         let mut router_cfg = dep.router.clone();
-        // The engine's decode role accepts transferred KV only; until it can prefill locally,
-        // every request goes through the prefill pool (conditional disaggregation off) rather
-        // than pretending a local prefill is free.
-        router_cfg.local_prefill_threshold = 0;
         router_cfg.block_size = block_size.unwrap_or(16);
         if let Some(s) = opts.seed {
             router_cfg.seed = s;
@@ -462,13 +458,13 @@ impl<'a> Sim<'a> {
                     self.admit(i, pw, prank, 1, t);
                 }
                 None => {
-                    // Unreachable while local prefill is off (see `Sim::new`); never fake it.
+                    // Conditional disaggregation: few uncached tokens on the decode worker, so
+                    // it prefills them itself (no prefill worker, no transfer).
                     self.routing.local_prefills += 1;
-                    let e = EngineError::Rejected {
-                        id: i as u64,
-                        reason: "local prefill on a decode worker is not simulated".into(),
-                    };
-                    self.reject(i, t, e);
+                    let req = &mut self.reqs[i];
+                    req.cached = self.workers[dw].engine.cached_prefix_tokens(drank, &req.hashes).min(input);
+                    req.xfer = None;
+                    self.admit_local(i, dw, drank, output, t);
                 }
             }
         }
@@ -494,6 +490,25 @@ impl<'a> Sim<'a> {
         let wk = &mut self.workers[w];
         wk.requests += 1;
         match wk.engine.admit(req, t) {
+            Ok(_) => wk.wake = wk.wake.max(t),
+            Err(e) => self.reject(i, t, e),
+        }
+    }
+
+    /// Admit request `i` to its decode worker for a local prefill: it computes the uncached
+    /// part of the prompt itself, then decodes every output token.
+    fn admit_local(&mut self, i: usize, w: usize, rank: u32, output: u32, t: f64) {
+        let tr = &self.trace.requests[i];
+        let req = Request {
+            id: i as u64,
+            prompt_tokens: tr.input_length,
+            block_hashes: std::mem::take(&mut self.reqs[i].hashes),
+            max_output_tokens: output,
+            dp_rank: Some(rank),
+        };
+        let wk = &mut self.workers[w];
+        wk.requests += 1;
+        match wk.engine.admit_local(req, t) {
             Ok(_) => wk.wake = wk.wake.max(t),
             Err(e) => self.reject(i, t, e),
         }

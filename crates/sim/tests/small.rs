@@ -219,3 +219,32 @@ fn layerwise_transfer_overlaps_the_prefill() {
     let expect = 0.001 + 2048.0 * 262_144.0 / 2e9;
     assert!((x - expect).abs() < 1e-3, "{x} vs {expect}");
 }
+
+#[test]
+fn next_turn_with_a_short_uncached_tail_prefills_on_the_decode_worker() {
+    // Turn 2 repeats turn 1's 16 blocks and adds 100 tokens: below the default 512-token
+    // threshold of uncached tokens on the decode worker that holds turn 1.
+    let t = Trace {
+        requests: vec![
+            TraceRequest::new(0.0, 8192, 8, (0..16).collect()),
+            TraceRequest::new(5000.0, 8292, 8, (0..17).collect()),
+        ],
+        block_size: 512,
+    };
+    let out = run(DISAGG, &t);
+    assert_eq!(out.routing.local_prefills, 1);
+    let (r0, r1) = (&out.records[0], &out.records[1]);
+    assert!(r0.is_ok() && r1.is_ok(), "{r0:?} {r1:?}");
+    assert_eq!(r0.prefill_worker, Some(0));
+    assert!(r0.kv_transfer.is_some());
+    assert_eq!(r1.prefill_worker, None);
+    assert_eq!(r1.kv_transfer, None);
+    assert_eq!(r1.cached_tokens, 8192);
+    assert_eq!(r1.gaps.len(), 7);
+    // No transfer, ~100 tokens of prefill: far quicker to the first token than turn 1.
+    assert!(r1.ttft().unwrap() < r0.ttft().unwrap() / 2.0);
+    // With the threshold at 0, the prefill pool is always used.
+    let always = run(&DISAGG.replace("policy = \"kv\"", "policy = \"kv\"\nlocal_prefill_threshold = 0"), &t);
+    assert_eq!(always.routing.local_prefills, 0);
+    assert!(always.records[1].kv_transfer.is_some());
+}
