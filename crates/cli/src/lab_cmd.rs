@@ -36,7 +36,9 @@ at TTFT <= 2 s and ITL <= 25 ms.
 
 Writes a results folder: summary.json (both runs, every statistic, the deployment files, the
 trace's hash, the seed and the version), requests-a.jsonl / requests-b.jsonl (one record per
-request) and report.html (self-contained, charts inline).
+request), series-a.json / series-b.json (queue depth and KV usage per worker over time) and
+report.html (self-contained, charts inline). `switchyard report DIR...` re-renders or compares
+saved folders, from `lab` and from `bench` alike.
 
 Examples:
   switchyard lab ab
@@ -477,6 +479,15 @@ fn ab(args: AbArgs) -> Result<()> {
             switchyard_metrics::records_to_jsonl(&o.records).as_bytes(),
         )?;
     }
+    for (name, o) in [
+        ("series-a.json", &outputs[0]),
+        ("series-b.json", &outputs[1]),
+    ] {
+        write_file(
+            &out_dir.join(name),
+            serde_json::to_string(&o.series)?.as_bytes(),
+        )?;
+    }
     let runs: Vec<ReportRun> = outputs
         .iter()
         .zip(&summaries)
@@ -518,7 +529,7 @@ fn ab(args: AbArgs) -> Result<()> {
     );
     println!();
     println!(
-        "simulated in {:.2} s (trace {:.2} s; A {:.2} s and B {:.2} s, run in parallel); results in {}/ (report.html, summary.json, requests-a/b.jsonl)",
+        "simulated in {:.2} s (trace {:.2} s; A {:.2} s and B {:.2} s, run in parallel); results in {}/ (report.html, summary.json, requests-a/b.jsonl, series-a/b.json)",
         started.elapsed().as_secs_f64(),
         loaded_in.as_secs_f64(),
         sim_secs[0],

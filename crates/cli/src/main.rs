@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod fmt;
 mod lab_cmd;
+mod report_cmd;
 mod trace_cmd;
 
 /// Switchyard: route, simulate and benchmark LLM serving fleets (vLLM, SGLang, TensorRT-LLM).
@@ -33,6 +34,9 @@ enum Command {
     /// Simulate deployments in virtual time on a request trace and compare them.
     #[command(subcommand)]
     Lab(lab_cmd::LabCommand),
+    /// Re-render or compare saved `lab` and `bench` runs side by side.
+    #[command(long_about = report_cmd::REPORT_HELP)]
+    Report(report_cmd::ReportArgs),
     /// Analyze and synthesize Mooncake-format request traces.
     #[command(subcommand)]
     Trace(trace_cmd::TraceCommand),
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
             .map(|c| print!("{}", c.render_table()))
             .map_err(Into::into),
         Command::Lab(cmd) => lab_cmd::run(cmd),
+        Command::Report(args) => report_cmd::run(args),
         Command::Trace(cmd) => trace_cmd::run(cmd),
     };
     match result {

@@ -61,6 +61,31 @@ fn ab_prints_the_table_and_writes_the_results_folder() {
         std::fs::read(dir2.path().join("requests-b.jsonl")).unwrap()
     );
     check_report_in_browser(&dir.path().join("report.html"));
+
+    // `report` recomputes the same statistics from the saved records.
+    let html = dir.path().join("again.html");
+    let o = switchyard()
+        .arg("report")
+        .arg(dir.path())
+        .arg("-o")
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again = String::from_utf8(o.stdout).unwrap();
+    let row = |t: &str| {
+        t.lines()
+            .find(|l| l.starts_with("TTFT p99"))
+            .map(str::to_string)
+    };
+    assert_eq!(row(&again), row(&text));
+    assert!(std::fs::read_to_string(&html).unwrap().contains("<svg"));
+    let o = switchyard()
+        .args(["report", "/nonexistent-dir"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a results folder"));
 }
 
 /// Render the report in headless Chromium: the DOM must hold the charts, and a screenshot

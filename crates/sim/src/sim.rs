@@ -462,7 +462,10 @@ impl<'a> Sim<'a> {
                     // it prefills them itself (no prefill worker, no transfer).
                     self.routing.local_prefills += 1;
                     let req = &mut self.reqs[i];
-                    req.cached = self.workers[dw].engine.cached_prefix_tokens(drank, &req.hashes).min(input);
+                    req.cached = self.workers[dw]
+                        .engine
+                        .cached_prefix_tokens(drank, &req.hashes)
+                        .min(input);
                     req.xfer = None;
                     self.admit_local(i, dw, drank, output, t);
                 }

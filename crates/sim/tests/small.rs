@@ -244,7 +244,13 @@ fn next_turn_with_a_short_uncached_tail_prefills_on_the_decode_worker() {
     // No transfer, ~100 tokens of prefill: far quicker to the first token than turn 1.
     assert!(r1.ttft().unwrap() < r0.ttft().unwrap() / 2.0);
     // With the threshold at 0, the prefill pool is always used.
-    let always = run(&DISAGG.replace("policy = \"kv\"", "policy = \"kv\"\nlocal_prefill_threshold = 0"), &t);
+    let always = run(
+        &DISAGG.replace(
+            "policy = \"kv\"",
+            "policy = \"kv\"\nlocal_prefill_threshold = 0",
+        ),
+        &t,
+    );
     assert_eq!(always.routing.local_prefills, 0);
     assert!(always.records[1].kv_transfer.is_some());
 }
