@@ -37,9 +37,13 @@ enum Command {
     /// Re-render or compare saved `lab` and `bench` runs side by side.
     #[command(long_about = report_cmd::REPORT_HELP)]
     Report(report_cmd::ReportArgs),
+    /// Run the OpenAI-compatible frontend and router (workers from flags or a deployment file).
+    Serve(Box<switchyard_server::ServeArgs>),
     /// Analyze and synthesize Mooncake-format request traces.
     #[command(subcommand)]
     Trace(trace_cmd::TraceCommand),
+    /// Run a simulated engine replica behind a vLLM-compatible OpenAI API (KV events over ZMQ).
+    Worker(Box<switchyard_server::WorkerArgs>),
 }
 
 const CATALOG_HELP: &str = "\
@@ -65,7 +69,9 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Command::Lab(cmd) => lab_cmd::run(cmd),
         Command::Report(args) => report_cmd::run(args),
+        Command::Serve(a) => switchyard_server::run_serve(*a),
         Command::Trace(cmd) => trace_cmd::run(cmd),
+        Command::Worker(a) => switchyard_server::run_worker(*a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
