@@ -178,10 +178,10 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         for w in &h.local_workers {
             eprintln!(
-                "  simulated worker {} ({}) events {:?}",
+                "  simulated worker {} ({}), KV events {}",
                 w.url(),
                 w.model,
-                w.kv_events
+                w.kv_events.as_deref().unwrap_or("off")
             );
         }
         tokio::signal::ctrl_c().await?;
