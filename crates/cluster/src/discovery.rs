@@ -24,7 +24,7 @@ use crate::{ClusterError, DEFAULT_PREFIX, LinkHealth, LinkState, log, set_health
 /// A change in the set of registered workers.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MembershipEvent {
-    /// A worker appeared, or its record changed (e.g. it restarted: new `started_at`).
+    /// A worker appeared, or its record changed (e.g. it restarted: new `started_at_ms`).
     Upsert(WorkerRecord),
     /// The worker with this id is gone (lease expired or revoked, key deleted, record invalid).
     Remove(String),
@@ -140,7 +140,10 @@ impl Watcher {
         match WorkerRecord::from_json(id, value) {
             Ok(r) => Some((id.to_string(), Some(r))),
             Err(e) => {
-                log("discovery", format_args!("skipping bad record at {}{id}: {e}", self.prefix));
+                log(
+                    "discovery",
+                    format_args!("skipping bad record at {}{id}: {e}", self.prefix),
+                );
                 Some((id.to_string(), None))
             }
         }
@@ -171,7 +174,9 @@ impl Watcher {
             return;
         };
         let ev = {
-            let Ok(mut known) = self.known.lock() else { return };
+            let Ok(mut known) = self.known.lock() else {
+                return;
+            };
             match rec {
                 Some(r) => {
                     if known.get(&id) == Some(&r) {
@@ -256,7 +261,9 @@ async fn run(
             let n = w.known.lock().map(|k| k.len()).unwrap_or(0);
             log(
                 "discovery",
-                format_args!("etcd unavailable ({err}); keeping the last {n} known workers, retrying"),
+                format_args!(
+                    "etcd unavailable ({err}); keeping the last {n} known workers, retrying"
+                ),
             );
             outage_logged = true;
         }
@@ -278,7 +285,9 @@ async fn session(
     connected: &mut bool,
 ) -> Result<(), String> {
     let t = cfg.request_timeout;
-    let mut c: Client = connect(&cfg.endpoints, t).await.map_err(|e| e.to_string())?;
+    let mut c: Client = connect(&cfg.endpoints, t)
+        .await
+        .map_err(|e| e.to_string())?;
     let snap = tokio::time::timeout(
         t,
         c.get(cfg.prefix.as_str(), Some(GetOptions::new().with_prefix())),
@@ -291,7 +300,11 @@ async fn session(
         t,
         c.watch(
             cfg.prefix.as_str(),
-            Some(WatchOptions::new().with_prefix().with_start_revision(rev + 1)),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(rev + 1),
+            ),
         ),
     )
     .await
@@ -304,7 +317,10 @@ async fn session(
     set_health(health, LinkState::Connected, None);
     if was_degraded {
         let n = w.known.lock().map(|k| k.len()).unwrap_or(0);
-        log("discovery", format_args!("etcd back; {n} workers registered"));
+        log(
+            "discovery",
+            format_args!("etcd back; {n} workers registered"),
+        );
     }
     backoff.reset();
 
@@ -359,7 +375,7 @@ mod tests {
     fn rec(id: &str, url: &str) -> WorkerRecord {
         let mut r = WorkerRecord::new(url, Role::Aggregated);
         r.id = id.into();
-        r.started_at = 1.0;
+        r.started_at_ms = 1;
         r
     }
 
@@ -372,7 +388,7 @@ mod tests {
         let mut snap = BTreeMap::new();
         snap.insert("a".to_string(), rec("a", "http://a:1")); // unchanged
         let mut c2 = rec("c", "http://c:1");
-        c2.started_at = 2.0; // restarted
+        c2.started_at_ms = 2; // restarted
         snap.insert("c".to_string(), c2.clone());
         snap.insert("d".to_string(), rec("d", "http://d:1")); // new
         let evs = diff(&mut known, snap.clone());
@@ -407,7 +423,10 @@ mod tests {
         assert!(rx.try_recv().is_err());
         // Garbage over a good record removes it; deleting an unknown key says nothing.
         w.put(b"/p/w1", b"[]");
-        assert_eq!(rx.try_recv().ok(), Some(MembershipEvent::Remove("w1".into())));
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(MembershipEvent::Remove("w1".into()))
+        );
         w.delete(b"/p/w1");
         w.delete(b"/p/w9");
         assert!(rx.try_recv().is_err());

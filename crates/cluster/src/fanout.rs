@@ -34,7 +34,9 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::{ClusterError, DEFAULT_SUBJECT_PREFIX, LinkHealth, LinkState, log, set_health, unix_now};
+use crate::{
+    ClusterError, DEFAULT_SUBJECT_PREFIX, LinkHealth, LinkState, log, set_health, unix_now,
+};
 
 /// A routing prediction from another replica.
 #[derive(Clone, Debug, PartialEq)]
@@ -258,8 +260,17 @@ impl Fanout {
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(t).await;
                 if h.borrow().state == LinkState::Connecting {
-                    log("fanout", format_args!("no NATS server at {url} yet; serving on local state, retrying"));
-                    set_health(&h, LinkState::Degraded, Some(format!("cannot connect to {url}")));
+                    log(
+                        "fanout",
+                        format_args!(
+                            "no NATS server at {url} yet; serving on local state, retrying"
+                        ),
+                    );
+                    set_health(
+                        &h,
+                        LinkState::Degraded,
+                        Some(format!("cannot connect to {url}")),
+                    );
                 }
             }));
         }
@@ -427,7 +438,8 @@ fn validate(cfg: &FanoutConfig) -> Result<(), ClusterError> {
     let token_ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 128
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     if !token_ok(&cfg.replica_id) {
         return Err(ClusterError::Config(format!(
@@ -722,7 +734,12 @@ fn put_str16(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(b);
 }
 
-pub(crate) fn encode_prediction(h: &Header<'_>, worker: &str, dp_rank: u32, hashes: &[u64]) -> Vec<u8> {
+pub(crate) fn encode_prediction(
+    h: &Header<'_>,
+    worker: &str,
+    dp_rank: u32,
+    hashes: &[u64],
+) -> Vec<u8> {
     let mut buf = Vec::with_capacity(40 + h.replica.len() + worker.len() + 8 * hashes.len());
     put_header(&mut buf, KIND_PREDICTION, h);
     put_str16(&mut buf, worker);
@@ -744,7 +761,11 @@ pub(crate) fn encode_delta(h: &Header<'_>, worker: &str, dp_rank: u32, delta: i3
     buf
 }
 
-pub(crate) fn encode_snapshot(h: &Header<'_>, expiry_ms: u32, entries: &[(String, u32, u32)]) -> Vec<u8> {
+pub(crate) fn encode_snapshot(
+    h: &Header<'_>,
+    expiry_ms: u32,
+    entries: &[(String, u32, u32)],
+) -> Vec<u8> {
     let mut buf = Vec::with_capacity(48 + entries.len() * 48);
     put_header(&mut buf, KIND_SNAPSHOT, h);
     buf.extend_from_slice(&expiry_ms.to_le_bytes());
@@ -909,16 +930,41 @@ mod tests {
         // 2+1+1 + 1+1 + 8+8+8 header, 2+10 worker, 4 rank, 4 n, 24 hashes
         assert_eq!(b.len(), 30 + 12 + 8 + 24);
         let n = decode(&b).unwrap();
-        assert_eq!(n.header, OwnedHeader { replica: "a".into(), incarnation: 9, seq: 3, at: 12.5 });
+        assert_eq!(
+            n.header,
+            OwnedHeader {
+                replica: "a".into(),
+                incarnation: 9,
+                seq: 3,
+                at: 12.5
+            }
+        );
         assert_eq!(
             n.body,
-            Body::Prediction { worker: "http://w:1".into(), dp_rank: 2, hashes: vec![1, u64::MAX, 42] }
+            Body::Prediction {
+                worker: "http://w:1".into(),
+                dp_rank: 2,
+                hashes: vec![1, u64::MAX, 42]
+            }
         );
         let d = decode(&encode_delta(&hdr(4), "w", 0, -1)).unwrap();
-        assert_eq!(d.body, Body::Delta { worker: "w".into(), dp_rank: 0, delta: -1 });
+        assert_eq!(
+            d.body,
+            Body::Delta {
+                worker: "w".into(),
+                dp_rank: 0,
+                delta: -1
+            }
+        );
         let e = vec![("w1".to_string(), 0, 3), ("w2".to_string(), 1, 1)];
         let s = decode(&encode_snapshot(&hdr(5), 3000, &e)).unwrap();
-        assert_eq!(s.body, Body::Snapshot { expiry_ms: 3000, entries: e });
+        assert_eq!(
+            s.body,
+            Body::Snapshot {
+                expiry_ms: 3000,
+                entries: e
+            }
+        );
     }
 
     #[test]
@@ -955,7 +1001,12 @@ mod tests {
 
     fn note(seq: u64, incarnation: u64, body: Body) -> Note {
         Note {
-            header: OwnedHeader { replica: "b".into(), incarnation, seq, at: 0.0 },
+            header: OwnedHeader {
+                replica: "b".into(),
+                incarnation,
+                seq,
+                at: 0.0,
+            },
             body,
         }
     }
@@ -966,21 +1017,70 @@ mod tests {
         let gaps = AtomicU64::new(0);
         let errs = AtomicU64::new(0);
         let now = Instant::now();
-        let delta = |d| Body::Delta { worker: "w".into(), dp_rank: 0, delta: d };
-        apply_load(&mut peers, note(1, 1, delta(1)), now, &gaps, &errs, Duration::from_secs(3));
-        apply_load(&mut peers, note(2, 1, delta(1)), now, &gaps, &errs, Duration::from_secs(3));
+        let delta = |d| Body::Delta {
+            worker: "w".into(),
+            dp_rank: 0,
+            delta: d,
+        };
+        apply_load(
+            &mut peers,
+            note(1, 1, delta(1)),
+            now,
+            &gaps,
+            &errs,
+            Duration::from_secs(3),
+        );
+        apply_load(
+            &mut peers,
+            note(2, 1, delta(1)),
+            now,
+            &gaps,
+            &errs,
+            Duration::from_secs(3),
+        );
         // seq 3 (a -1) is lost.
-        apply_load(&mut peers, note(4, 1, delta(1)), now, &gaps, &errs, Duration::from_secs(3));
+        apply_load(
+            &mut peers,
+            note(4, 1, delta(1)),
+            now,
+            &gaps,
+            &errs,
+            Duration::from_secs(3),
+        );
         assert_eq!(gaps.load(Ordering::Relaxed), 1);
         assert_eq!(peers["b"].counts["w"][&0], 3); // wrong by the lost -1 ...
-        let snap = Body::Snapshot { expiry_ms: 3000, entries: vec![("w".into(), 0, 2)] };
-        apply_load(&mut peers, note(5, 1, snap), now, &gaps, &errs, Duration::from_secs(3));
+        let snap = Body::Snapshot {
+            expiry_ms: 3000,
+            entries: vec![("w".into(), 0, 2)],
+        };
+        apply_load(
+            &mut peers,
+            note(5, 1, snap),
+            now,
+            &gaps,
+            &errs,
+            Duration::from_secs(3),
+        );
         assert_eq!(peers["b"].counts["w"][&0], 2); // ... until the next snapshot
         // A duplicate/old note is ignored.
-        apply_load(&mut peers, note(5, 1, delta(5)), now, &gaps, &errs, Duration::from_secs(3));
+        apply_load(
+            &mut peers,
+            note(5, 1, delta(5)),
+            now,
+            &gaps,
+            &errs,
+            Duration::from_secs(3),
+        );
         assert_eq!(peers["b"].counts["w"][&0], 2);
         // Restarted peer (new incarnation, seq from 1): old counts are gone.
-        apply_load(&mut peers, note(1, 2, delta(1)), now, &gaps, &errs, Duration::from_secs(3));
+        apply_load(
+            &mut peers,
+            note(1, 2, delta(1)),
+            now,
+            &gaps,
+            &errs,
+            Duration::from_secs(3),
+        );
         assert_eq!(peers["b"].counts["w"][&0], 1);
         assert_eq!(peers["b"].expires, now + Duration::from_secs(3));
     }

@@ -40,7 +40,9 @@ pub const DEFAULT_SUBJECT_PREFIX: &str = "switchyard";
 /// are [`LinkHealth`] states).
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("bad etcd endpoint {0:?}: expected etcd://HOST:PORT[,HOST:PORT...] or http://HOST:PORT")]
+    #[error(
+        "bad etcd endpoint {0:?}: expected etcd://HOST:PORT[,HOST:PORT...] or http://HOST:PORT"
+    )]
     BadEndpoint(String),
     #[error("bad NATS URL {0:?}: expected nats://HOST:PORT")]
     BadNatsUrl(String),

@@ -48,7 +48,7 @@ impl std::str::FromStr for Role {
 ///
 /// The record is stable for the life of a worker process: re-registering after an etcd outage
 /// writes the same bytes, so watchers see no change. A restarted worker gets a new
-/// `started_at`, which watchers see as an `Upsert` with a changed record (a hint that its KV
+/// `started_at_ms`, which watchers see as an `Upsert` with a changed record (a hint that its KV
 /// cache and event stream started over).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkerRecord {
@@ -67,9 +67,10 @@ pub struct WorkerRecord {
     /// Data-parallel ranks behind this URL (KV events carry the rank); 1 for most engines.
     #[serde(default = "one")]
     pub dp_size: u32,
-    /// When this worker process registered first (Unix seconds): its incarnation.
+    /// When this worker process registered first (Unix milliseconds): its incarnation.
+    /// An integer so the JSON round trip is exact.
     #[serde(default)]
-    pub started_at: f64,
+    pub started_at_ms: u64,
 }
 
 fn one() -> u32 {
@@ -87,7 +88,7 @@ impl WorkerRecord {
             kv_events: None,
             model: None,
             dp_size: 1,
-            started_at: crate::unix_now(),
+            started_at_ms: (crate::unix_now() * 1000.0) as u64,
         }
     }
 
@@ -224,7 +225,10 @@ mod tests {
         let mut r = WorkerRecord::new("http://h:8001", Role::Decode);
         assert_eq!(r.worker_spec(), "http://h:8001,role=decode");
         r.kv_events = Some("tcp://h:5557".into());
-        assert_eq!(r.worker_spec(), "http://h:8001,kv-events=tcp://h:5557,role=decode");
+        assert_eq!(
+            r.worker_spec(),
+            "http://h:8001,kv-events=tcp://h:5557,role=decode"
+        );
     }
 
     #[test]

@@ -116,7 +116,9 @@ impl Registration {
             return Err(ClusterError::Config("no etcd endpoints".into()));
         }
         if cfg.ttl_secs == 0 {
-            return Err(ClusterError::Config("lease TTL must be at least 1 s".into()));
+            return Err(ClusterError::Config(
+                "lease TTL must be at least 1 s".into(),
+            ));
         }
         if let Some(g) = &cfg.health {
             if g.failures == 0 || g.interval.is_zero() {
@@ -231,7 +233,8 @@ async fn run(
     let mut lease: Option<i64> = None;
     let ttl = i64::from(cfg.ttl_secs);
     // Keep-alive at a third of the TTL: two may be lost before the lease expires.
-    let ka_every = Duration::from_millis(u64::from(cfg.ttl_secs) * 1000 / 3).max(Duration::from_millis(300));
+    let ka_every =
+        Duration::from_millis(u64::from(cfg.ttl_secs) * 1000 / 3).max(Duration::from_millis(300));
     let mut logged_error: Option<String> = None;
 
     loop {
@@ -243,7 +246,10 @@ async fn run(
             && !probe(&http, g).await
         {
             if state.borrow().clone() != RegistrationState::Unhealthy {
-                log("register", format_args!("{key}: engine at {} not healthy; not registered", g.url));
+                log(
+                    "register",
+                    format_args!("{key}: engine at {} not healthy; not registered", g.url),
+                );
             }
             state.send_replace(RegistrationState::Unhealthy);
             if wait_or_stop(&mut stop, g.interval).await {
@@ -264,19 +270,23 @@ async fn run(
                 }
             },
         };
-        let id = match ensure_registered(c, &mut lease, ttl, &key, &value, cfg.request_timeout).await {
-            Ok(id) => id,
-            Err(e) => {
-                degraded(&state, &key, &mut logged_error, e);
-                client = None;
-                if wait_or_stop(&mut stop, backoff.next_delay()).await {
-                    break;
+        let id =
+            match ensure_registered(c, &mut lease, ttl, &key, &value, cfg.request_timeout).await {
+                Ok(id) => id,
+                Err(e) => {
+                    degraded(&state, &key, &mut logged_error, e);
+                    client = None;
+                    if wait_or_stop(&mut stop, backoff.next_delay()).await {
+                        break;
+                    }
+                    continue;
                 }
-                continue;
-            }
-        };
+            };
         if logged_error.take().is_some() {
-            log("register", format_args!("{key}: registered again (lease {id:x})"));
+            log(
+                "register",
+                format_args!("{key}: registered again (lease {id:x})"),
+            );
         }
         state.send_replace(RegistrationState::Registered { lease: id });
         backoff.reset();
@@ -285,14 +295,20 @@ async fn run(
             Exit::Stop => break,
             Exit::Expired => {
                 lease = None;
-                log("register", format_args!("{key}: lease {id:x} expired; registering anew"));
+                log(
+                    "register",
+                    format_args!("{key}: lease {id:x} expired; registering anew"),
+                );
             }
             Exit::Unhealthy => {
                 // Withdraw now rather than after the TTL: routers stop sending at once.
                 let _ = tokio::time::timeout(cfg.request_timeout, c.lease_revoke(id)).await;
                 lease = None;
                 if let Some(g) = &cfg.health {
-                    log("register", format_args!("{key}: {} failing; withdrew the record", g.url));
+                    log(
+                        "register",
+                        format_args!("{key}: {} failing; withdrew the record", g.url),
+                    );
                 }
                 state.send_replace(RegistrationState::Unhealthy);
             }
@@ -320,7 +336,10 @@ fn degraded(
 ) {
     // Log the first failure of an outage, not every retry.
     if logged.is_none() {
-        log("register", format_args!("{key}: etcd unavailable ({error}); retrying"));
+        log(
+            "register",
+            format_args!("{key}: etcd unavailable ({error}); retrying"),
+        );
     }
     *logged = Some(error.clone());
     state.send_replace(RegistrationState::Degraded { error });
@@ -383,7 +402,11 @@ async fn keep_alive(
         };
     let mut ka = tokio::time::interval(every);
     ka.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let health_every = cfg.health.as_ref().map(|g| g.interval).unwrap_or(Duration::from_secs(3600));
+    let health_every = cfg
+        .health
+        .as_ref()
+        .map(|g| g.interval)
+        .unwrap_or(Duration::from_secs(3600));
     let mut hc = tokio::time::interval(health_every);
     hc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     hc.tick().await; // the gate just passed
@@ -537,7 +560,8 @@ pub async fn run_register(args: RegisterArgs) -> Result<(), ClusterError> {
         format_args!(
             "{} -> etcd {endpoints}{}",
             reg.key(),
-            gate.map(|u| format!(" (while {u} answers 200)")).unwrap_or_default()
+            gate.map(|u| format!(" (while {u} answers 200)"))
+                .unwrap_or_default()
         ),
     );
     let mut st = reg.state();
