@@ -672,6 +672,14 @@ impl Engine {
         tokens.div_ceil(self.bs as u64)
     }
 
+    /// Prompt length and DP rank of a request the engine holds.
+    pub fn request_placement(&self, id: u64) -> Option<(u32, u32)> {
+        let slot = *self.ids.get(&id)?;
+        self.slab[slot as usize]
+            .as_ref()
+            .map(|s| (s.prompt, s.rank))
+    }
+
     /// Accept a request at time `now`. Rejects (without side effects) requests that are
     /// malformed, exceed the context length, or could never fit in one scheduler's KV cache.
     pub fn admit(&mut self, req: Request, now: f64) -> Result<AdmitInfo, EngineError> {

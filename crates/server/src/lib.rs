@@ -9,6 +9,7 @@
 
 pub mod events;
 pub mod openai;
+pub mod pd;
 pub mod tokenizer;
 pub mod worker;
 

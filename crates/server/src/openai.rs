@@ -110,6 +110,8 @@ pub struct ParsedRequest {
     pub max_tokens: Option<u32>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Prefill/decode disaggregation fields (vLLM `kv_transfer_params`, SGLang bootstrap).
+    pub disagg: crate::pd::DisaggFields,
 }
 
 /// `max_tokens` above this is rejected outright (no context is this long).
@@ -225,12 +227,14 @@ pub fn parse_request(body: &[u8], ep: Endpoint) -> Result<ParsedRequest, ApiErro
                 .with_param("stream_options"),
         );
     }
+    let disagg = crate::pd::parse_fields(obj)?;
     Ok(ParsedRequest {
         model,
         prompt,
         max_tokens,
         stream,
         include_usage,
+        disagg,
     })
 }
 

@@ -79,6 +79,21 @@ pub struct ServeArgs {
     /// Largest accepted request body, bytes.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+    /// Prefill/decode protocol of the workers: `vllm` (prefill first with
+    /// `kv_transfer_params`, then decode with the returned params) or `sglang` (both at once
+    /// with `bootstrap_host`/`bootstrap_port`/`bootstrap_room`).
+    #[arg(long, value_enum, default_value_t = PdProtocol::Vllm)]
+    pub pd_protocol: PdProtocol,
+}
+
+/// How a disaggregated request reaches its prefill and decode workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PdProtocol {
+    /// vLLM (NIXL connector): sequential, `kv_transfer_params` handed from prefill to decode.
+    #[default]
+    Vllm,
+    /// SGLang: both requests at once, joined by a random `bootstrap_room`.
+    Sglang,
 }
 
 impl Default for ServeArgs {
@@ -95,6 +110,7 @@ impl Default for ServeArgs {
             health_interval: 2.0,
             max_attempts: 3,
             max_body_bytes: 16 << 20,
+            pd_protocol: PdProtocol::Vllm,
         }
     }
 }
@@ -107,6 +123,10 @@ pub struct WorkerSpec {
     pub kv_events: Option<String>,
     #[serde(default = "default_role")]
     pub role: String,
+    /// SGLang prefill workers: the bootstrap port (default: the URL's port, which is where a
+    /// simulated worker answers; real SGLang servers use 8998 unless configured otherwise).
+    #[serde(default)]
+    pub bootstrap_port: Option<u16>,
 }
 
 fn default_role() -> String {
@@ -122,14 +142,21 @@ impl std::str::FromStr for WorkerSpec {
             url,
             kv_events: None,
             role: default_role(),
+            bootstrap_port: None,
         };
         for p in parts {
             match p.split_once('=') {
                 Some(("kv-events" | "kv_events", v)) => spec.kv_events = Some(v.to_string()),
                 Some(("role", v)) => spec.role = v.to_string(),
+                Some(("bootstrap-port" | "bootstrap_port", v)) => {
+                    spec.bootstrap_port = Some(
+                        v.parse()
+                            .map_err(|_| format!("bootstrap-port={v:?} is not a port number"))?,
+                    );
+                }
                 _ => {
                     return Err(format!(
-                        "bad worker option {p:?} in {s:?} (expected kv-events=tcp://HOST:PORT or role=...)"
+                        "bad worker option {p:?} in {s:?} (expected kv-events=tcp://HOST:PORT, role=... or bootstrap-port=N)"
                     ));
                 }
             }
@@ -165,6 +192,14 @@ impl WorkerSpec {
     }
 }
 
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Aggregated => "aggregated",
+        Role::Prefill => "prefill",
+        Role::Decode => "decode",
+    }
+}
+
 /// Blocking entry point for the CLI: run until Ctrl-C.
 pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
@@ -178,7 +213,8 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         for w in &h.local_workers {
             eprintln!(
-                "  simulated worker {} ({}), KV events {}",
+                "  simulated {} worker {} ({}), KV events {}",
+                role_name(w.role),
                 w.url(),
                 w.model,
                 w.kv_events.as_deref().unwrap_or("off")
@@ -228,12 +264,13 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
     let mut local = Vec::new();
     if let Some(path) = &args.config {
         let dep = switchyard_sim::Deployment::load(path)?;
-        anyhow::ensure!(
-            !dep.is_disaggregated(),
-            "{}: disaggregated (prefill/decode) deployments are not served yet; use an aggregated deployment",
-            path.display()
-        );
         router_cfg = dep.router.clone();
+        if dep.network.transfer == switchyard_sim::TransferMode::Layerwise {
+            eprintln!(
+                "warning: {}: transfer = \"layerwise\" is modelled by `lab` only; the live workers transfer after the prefill",
+                path.display()
+            );
+        }
         for g in &dep.groups {
             for _ in 0..g.count {
                 let wargs = WorkerArgs {
@@ -241,15 +278,17 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
                     port: 0,
                     speedup: args.speedup,
                     kv_events: Some("tcp://127.0.0.1:0".into()),
+                    nic_gb_s: dep.network.nic_gb_s,
+                    kv_link_efficiency: dep.network.efficiency,
+                    kv_setup_ms: dep.network.setup_ms,
                     ..WorkerArgs::default()
                 };
-                let mut ecfg = g.engine.clone();
-                ecfg.role = Role::Aggregated;
-                let h = start_worker(&wargs, ecfg).await?;
+                let h = start_worker(&wargs, g.engine.clone()).await?;
                 specs.push(WorkerSpec {
                     url: h.url(),
                     kv_events: h.kv_events.clone(),
-                    role: default_role(),
+                    role: role_name(g.engine.role).into(),
+                    bootstrap_port: None,
                 });
                 local.push(h);
             }
@@ -296,6 +335,8 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
         t0: Instant::now(),
         max_attempts: args.max_attempts,
         max_body: args.max_body_bytes,
+        pd_protocol: args.pd_protocol,
+        rng: Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::from_os_rng()),
     });
     for s in specs {
         state.add_worker(s).await;
@@ -311,6 +352,7 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
         .route("/v1/workers", get(list_workers).post(add_worker))
         .route("/v1/workers/{id}", delete(remove_worker))
         .route("/health", get(|| async { StatusCode::OK }))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
@@ -381,6 +423,9 @@ struct ServeState {
     t0: Instant,
     max_attempts: u32,
     max_body: usize,
+    pd_protocol: PdProtocol,
+    /// Bootstrap rooms (SGLang).
+    rng: Mutex<rand::rngs::StdRng>,
 }
 
 impl ServeState {
@@ -467,6 +512,73 @@ impl ServeState {
                 }
             }
             None => w.healthy.store(false, Ordering::Relaxed),
+        }
+    }
+
+    /// Any prefill or decode worker registered: requests take the P/D path.
+    fn is_disaggregated(&self) -> bool {
+        self.workers
+            .read()
+            .map(|ws| ws.iter().any(|w| w.spec.role != "aggregated"))
+            .unwrap_or(false)
+    }
+
+    fn count_decision(&self, overlap_blocks: u32, attempt: u32) {
+        self.metrics.decisions.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .overlap_blocks
+            .fetch_add(overlap_blocks as u64, Ordering::Relaxed);
+        if attempt > 0 {
+            self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// POST a body to a worker. Connection failures and 5xx answers are errors (counted; the
+    /// worker is marked down on connection failure or after repeated 5xx); anything else,
+    /// 4xx included, is the worker's answer.
+    async fn send(
+        &self,
+        w: &WorkerEntry,
+        path: &str,
+        body: Bytes,
+    ) -> Result<reqwest::Response, String> {
+        let sent = self
+            .client
+            .post(format!("{}{path}", w.spec.url))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_server_error() => {
+                w.errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                // Circuit breaker: a worker failing every request leaves the candidate set
+                // until its next successful health check.
+                if w.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+                    >= MAX_CONSECUTIVE_FAILURES
+                {
+                    w.healthy.store(false, Ordering::Relaxed);
+                    w.consecutive_failures.store(0, Ordering::Relaxed);
+                }
+                let status = r.status();
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                let msg = v["error"]["message"].as_str().unwrap_or("");
+                Err(format!("worker {} answered {status} {msg}", w.spec.url))
+            }
+            Ok(r) => {
+                w.routed.fetch_add(1, Ordering::Relaxed);
+                w.consecutive_failures.store(0, Ordering::Relaxed);
+                Ok(r)
+            }
+            Err(e) => {
+                w.errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                if e.is_connect() {
+                    w.healthy.store(false, Ordering::Relaxed);
+                }
+                Err(format!("worker {}: {e}", w.spec.url))
+            }
         }
     }
 
@@ -689,6 +801,39 @@ async fn remove_worker(State(st): State<Arc<ServeState>>, Path(id): Path<String>
     }
 }
 
+/// `GET /ready`: 200 when requests can be served (a healthy aggregated worker; for a
+/// disaggregated deployment a healthy prefill AND a healthy decode worker), else 503.
+async fn ready(State(st): State<Arc<ServeState>>) -> Response {
+    let ws: Vec<_> = st.workers.read().map(|w| w.clone()).unwrap_or_default();
+    let count = |role: &str| {
+        ws.iter()
+            .filter(|w| w.spec.role == role && w.healthy.load(Ordering::Relaxed))
+            .count()
+    };
+    let (a, p, d) = (count("aggregated"), count("prefill"), count("decode"));
+    let disagg = st.is_disaggregated();
+    let (ok, reason) = if disagg {
+        (
+            p > 0 && d > 0,
+            "a disaggregated deployment needs at least one healthy prefill and one healthy decode worker",
+        )
+    } else {
+        (a > 0, "no healthy worker")
+    };
+    let body = json!({
+        "ready": ok,
+        "mode": if disagg { "disaggregated" } else { "aggregated" },
+        "healthy": {"aggregated": a, "prefill": p, "decode": d},
+        "reason": if ok { Value::Null } else { json!(reason) },
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
 async fn models(State(st): State<Arc<ServeState>>) -> Response {
     let data: Vec<Value> = st
         .models()
@@ -727,20 +872,27 @@ async fn proxy_inner(
 ) -> Result<Response, ApiError> {
     let p = parse_request(&body, ep)?;
     let known = st.models();
-    let candidates: Vec<Arc<WorkerEntry>> = st
-        .workers
-        .read()
-        .map(|ws| {
-            ws.iter()
-                .filter(|w| w.spec.role == "aggregated" && w.healthy.load(Ordering::Relaxed))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
+    let disagg = st.is_disaggregated();
+    let healthy = |role: &str| -> Vec<Arc<WorkerEntry>> {
+        st.workers
+            .read()
+            .map(|ws| {
+                ws.iter()
+                    .filter(|w| w.spec.role == role && w.healthy.load(Ordering::Relaxed))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let candidates = healthy(if disagg { "decode" } else { "aggregated" });
     if candidates.is_empty() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy aggregated worker is available; add one with --worker URL or POST /v1/workers",
+            if disagg {
+                "no healthy decode worker is available (disaggregated deployment)"
+            } else {
+                "no healthy aggregated worker is available; add one with --worker URL or POST /v1/workers"
+            },
         ));
     }
     if !known.is_empty() && !known.contains(&p.model) {
@@ -756,13 +908,25 @@ async fn proxy_inner(
     }
     let tokens = prompt_tokens_async(&p.prompt).await;
     let hashes = st.hasher.hash(&tokens);
+    let req = Req {
+        ep,
+        body: &body,
+        tokens: tokens.len() as u32,
+        hashes: &hashes,
+        stream: p.stream,
+        start,
+    };
+    if disagg {
+        let prefill = healthy("prefill");
+        return match st.pd_protocol {
+            PdProtocol::Vllm => proxy_vllm_pd(st, &req, &prefill, &candidates).await,
+            PdProtocol::Sglang => proxy_sglang_pd(st, &req, &prefill, &candidates).await,
+        };
+    }
     let mut tried: Vec<u64> = Vec::new();
     let mut last_err = String::new();
     for attempt in 0..st.max_attempts {
-        let pool: Vec<&Arc<WorkerEntry>> = candidates
-            .iter()
-            .filter(|w| !tried.contains(&w.id) && w.healthy.load(Ordering::Relaxed))
-            .collect();
+        let pool = untried(&candidates, &tried);
         if pool.is_empty() {
             break;
         }
@@ -770,108 +934,493 @@ async fn proxy_inner(
         let t_route = Instant::now();
         let (decision, guard) = st
             .router
-            .route(&hashes, tokens.len() as u32, &keys, st.now())
+            .route(&hashes, req.tokens, &keys, st.now())
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let route_us = t_route.elapsed().as_micros();
-        let Some(w) = pool
-            .iter()
-            .find(|w| w.key() == decision.worker)
-            .map(|w| (*w).clone())
-        else {
-            return Err(ApiError::new(
+        let route_us = t_route.elapsed().as_micros() as u64;
+        let w = pick(&pool, decision.worker)?;
+        st.count_decision(decision.overlap_blocks(), attempt);
+        tried.push(w.id);
+        match st.send(&w, ep.path(), body.clone()).await {
+            Ok(resp) => {
+                let mut headers = HeaderMap::new();
+                headers.insert(
+                    "x-switchyard-overlap-blocks",
+                    HeaderValue::from(decision.overlap_blocks()),
+                );
+                headers.insert("x-switchyard-route-us", HeaderValue::from(route_us));
+                return Ok(relay(st, &req, resp, w, guard, None, headers));
+            }
+            Err(e) => last_err = e,
+        }
+    }
+    Err(all_failed(tried.len(), &last_err))
+}
+
+/// What the proxy paths share about one client request.
+struct Req<'a> {
+    ep: Endpoint,
+    body: &'a Bytes,
+    tokens: u32,
+    hashes: &'a [u64],
+    stream: bool,
+    start: Instant,
+}
+
+fn untried(ws: &[Arc<WorkerEntry>], tried: &[u64]) -> Vec<Arc<WorkerEntry>> {
+    ws.iter()
+        .filter(|w| !tried.contains(&w.id) && w.healthy.load(Ordering::Relaxed))
+        .cloned()
+        .collect()
+}
+
+fn pick(pool: &[Arc<WorkerEntry>], key: WorkerKey) -> Result<Arc<WorkerEntry>, ApiError> {
+    pool.iter()
+        .find(|w| w.key() == key)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "router chose an unknown worker",
-            ));
-        };
-        st.metrics.decisions.fetch_add(1, Ordering::Relaxed);
-        st.metrics
-            .overlap_blocks
-            .fetch_add(decision.overlap_blocks() as u64, Ordering::Relaxed);
-        if attempt > 0 {
-            st.metrics.retries.fetch_add(1, Ordering::Relaxed);
-        }
-        tried.push(w.id);
-        let sent = st
-            .client
-            .post(format!("{}{}", w.spec.url, ep.path()))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body.clone())
-            .send()
-            .await;
-        let resp = match sent {
-            Ok(r) if r.status().is_server_error() => {
-                last_err = format!("worker {} answered {}", w.spec.url, r.status());
-                w.errors.fetch_add(1, Ordering::Relaxed);
-                st.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                // Circuit breaker: a worker failing every request leaves the candidate set
-                // until its next successful health check.
-                if w.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
-                    >= MAX_CONSECUTIVE_FAILURES
-                {
-                    w.healthy.store(false, Ordering::Relaxed);
-                    w.consecutive_failures.store(0, Ordering::Relaxed);
-                }
-                continue;
-            }
-            Ok(r) => r,
-            Err(e) => {
-                last_err = format!("worker {}: {e}", w.spec.url);
-                w.errors.fetch_add(1, Ordering::Relaxed);
-                st.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                if e.is_connect() {
-                    w.healthy.store(false, Ordering::Relaxed);
-                }
-                continue;
-            }
-        };
-        w.routed.fetch_add(1, Ordering::Relaxed);
-        w.consecutive_failures.store(0, Ordering::Relaxed);
-        let status = resp.status();
-        let mut headers = HeaderMap::new();
-        if let Some(ct) = resp.headers().get(header::CONTENT_TYPE) {
-            headers.insert(header::CONTENT_TYPE, ct.clone());
-        }
-        if let Ok(v) = HeaderValue::from_str(&w.spec.url) {
-            headers.insert("x-switchyard-worker", v);
-        }
-        headers.insert("x-switchyard-worker-id", HeaderValue::from(w.id));
-        headers.insert(
-            "x-switchyard-overlap-blocks",
-            HeaderValue::from(decision.overlap_blocks()),
-        );
-        headers.insert("x-switchyard-route-us", HeaderValue::from(route_us as u64));
-        headers.insert(
-            "x-switchyard-upstream-ms",
-            HeaderValue::from(start.elapsed().as_millis() as u64),
-        );
-        let relay = Relay {
-            upstream: Box::pin(resp.bytes_stream()),
-            guard: Some(guard),
-            first: true,
-            start,
-            st: st.clone(),
-            worker: w,
-            sse: p.stream,
-            ok: status.is_success(),
-            done: false,
-            at_boundary: true,
-        };
-        let body = stream::unfold(relay, |mut r| async move {
-            let item = r.next().await?;
-            Some((Ok::<_, std::convert::Infallible>(item), r))
-        });
-        let mut out = Response::new(Body::from_stream(body));
-        *out.status_mut() = status;
-        *out.headers_mut() = headers;
-        return Ok(out);
-    }
-    Err(ApiError::new(
+            )
+        })
+}
+
+fn all_failed(attempts: usize, last_err: &str) -> ApiError {
+    ApiError::new(
         StatusCode::BAD_GATEWAY,
-        format!(
-            "all {} attempt(s) failed before the first byte; last error: {last_err}",
-            tried.len()
-        ),
-    ))
+        format!("all {attempts} attempt(s) failed before the first byte; last error: {last_err}"),
+    )
+}
+
+/// Start streaming an upstream response to the client. `hold` (a prefill worker's load) is
+/// released at the first byte.
+fn relay(
+    st: &Arc<ServeState>,
+    req: &Req<'_>,
+    resp: reqwest::Response,
+    w: Arc<WorkerEntry>,
+    guard: RouteGuard,
+    hold: Option<RouteGuard>,
+    mut headers: HeaderMap,
+) -> Response {
+    let status = resp.status();
+    if let Some(ct) = resp.headers().get(header::CONTENT_TYPE) {
+        headers.insert(header::CONTENT_TYPE, ct.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(&w.spec.url) {
+        headers.insert("x-switchyard-worker", v);
+    }
+    headers.insert("x-switchyard-worker-id", HeaderValue::from(w.id));
+    headers.insert(
+        "x-switchyard-upstream-ms",
+        HeaderValue::from(req.start.elapsed().as_millis() as u64),
+    );
+    let relay = Relay {
+        upstream: Box::pin(resp.bytes_stream()),
+        guard: Some(guard),
+        hold,
+        first: true,
+        start: req.start,
+        st: st.clone(),
+        worker: w,
+        sse: req.stream,
+        ok: status.is_success(),
+        done: false,
+        at_boundary: true,
+    };
+    let body = stream::unfold(relay, |mut r| async move {
+        let item = r.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(item), r))
+    });
+    let mut out = Response::new(Body::from_stream(body));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+fn set_placement(headers: &mut HeaderMap, prefill: Option<&WorkerEntry>, local: bool) {
+    headers.insert(
+        "x-switchyard-placement",
+        HeaderValue::from_static(if local { "local" } else { "remote" }),
+    );
+    if let Some(p) = prefill
+        && let Ok(v) = HeaderValue::from_str(&p.spec.url)
+    {
+        headers.insert("x-switchyard-prefill-worker", v);
+    }
+}
+
+/// A JSON body with some fields replaced.
+fn with_fields(body: &Bytes, set: &[(&str, Value)], remove: &[&str]) -> Result<Bytes, ApiError> {
+    let mut v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?;
+    if let Some(o) = v.as_object_mut() {
+        for k in remove {
+            o.remove(*k);
+        }
+        for (k, val) in set {
+            o.insert((*k).to_string(), val.clone());
+        }
+    }
+    Ok(Bytes::from(serde_json::to_vec(&v).unwrap_or_default()))
+}
+
+/// vLLM's P/D flow: prefill (`max_tokens: 1`, `kv_transfer_params.do_remote_decode`), then
+/// the original request plus the returned `kv_transfer_params` to the decode worker, whose
+/// stream goes to the client. Below the local-prefill threshold the decode worker gets the
+/// request as is and prefills it itself.
+async fn proxy_vllm_pd(
+    st: &Arc<ServeState>,
+    req: &Req<'_>,
+    prefill: &[Arc<WorkerEntry>],
+    decode: &[Arc<WorkerEntry>],
+) -> Result<Response, ApiError> {
+    let pkeys: Vec<WorkerKey> = prefill.iter().map(|w| w.key()).collect();
+    let dkeys: Vec<WorkerKey> = decode.iter().map(|w| w.key()).collect();
+    let (d, guards) = st
+        .router
+        .route_pair(req.hashes, req.tokens, &pkeys, &dkeys, st.now())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    st.count_decision(d.decode.overlap_blocks(), 0);
+    let mut dw = pick(decode, d.decode.worker)?;
+    let mut decode_guard = guards.decode;
+    let mut body = req.body.clone();
+    let mut prefill_hold = None;
+    let mut prefill_worker = None;
+    if let Some(pd) = &d.prefill {
+        st.metrics.pd_remote.fetch_add(1, Ordering::Relaxed);
+        let t_prefill = Instant::now();
+        let mut pguard = guards.prefill;
+        let mut pw = pick(prefill, pd.worker)?;
+        let prefill_body = with_fields(
+            req.body,
+            &[
+                ("max_tokens", json!(1)),
+                ("stream", json!(false)),
+                ("kv_transfer_params", crate::pd::prefill_request_params()),
+            ],
+            &["stream_options", "max_completion_tokens"],
+        )?;
+        let mut tried = vec![pw.id];
+        let params = loop {
+            match st.send(&pw, req.ep.path(), prefill_body.clone()).await {
+                Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                    Ok(v) => match v.get("kv_transfer_params") {
+                        Some(k) if k.is_object() => break k.clone(),
+                        _ => {
+                            st.metrics
+                                .pd_prefill_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            return Err(ApiError::new(
+                                StatusCode::BAD_GATEWAY,
+                                format!(
+                                    "prefill worker {} answered without kv_transfer_params \
+                                     (is it running with a KV connector, e.g. --kv-transfer-config NixlConnector?)",
+                                    pw.spec.url
+                                ),
+                            ));
+                        }
+                    },
+                    Err(e) => {
+                        st.metrics
+                            .pd_prefill_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            format!("prefill worker {}: unreadable response: {e}", pw.spec.url),
+                        ));
+                    }
+                },
+                // A client error (bad request, prompt too long) is the client's answer.
+                Ok(r) => return Err(passthrough_error(r).await),
+                Err(e) => {
+                    st.metrics
+                        .pd_prefill_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    let retry = untried(prefill, &tried);
+                    if tried.len() as u32 >= st.max_attempts || retry.is_empty() {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            format!(
+                                "prefill failed on {} worker(s), the decode side was not started; last error: {e}",
+                                tried.len()
+                            ),
+                        ));
+                    }
+                    let keys: Vec<WorkerKey> = retry.iter().map(|w| w.key()).collect();
+                    let (rd, g) = st
+                        .router
+                        .route(req.hashes, req.tokens, &keys, st.now())
+                        .map_err(|e| {
+                            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                        })?;
+                    st.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    pw = pick(&retry, rd.worker)?;
+                    pguard = Some(g);
+                    tried.push(pw.id);
+                }
+            }
+        };
+        st.metrics
+            .pd_prefill
+            .observe(t_prefill.elapsed().as_secs_f64());
+        if let Some(g) = &pguard {
+            g.prefill_done();
+        }
+        // Its KV stays allocated until the decode worker has pulled it: keep the load until
+        // the decode side's first byte.
+        prefill_hold = pguard;
+        prefill_worker = Some(pw);
+        body = with_fields(req.body, &[("kv_transfer_params", params)], &[])?;
+    } else {
+        st.metrics.pd_local.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut tried = vec![dw.id];
+    loop {
+        match st.send(&dw, req.ep.path(), body.clone()).await {
+            Ok(resp) => {
+                let mut headers = HeaderMap::new();
+                set_placement(&mut headers, prefill_worker.as_deref(), d.prefill.is_none());
+                headers.insert(
+                    "x-switchyard-overlap-blocks",
+                    HeaderValue::from(d.decode.overlap_blocks()),
+                );
+                return Ok(relay(
+                    st,
+                    req,
+                    resp,
+                    dw,
+                    decode_guard,
+                    prefill_hold,
+                    headers,
+                ));
+            }
+            Err(e) => {
+                // The prefill's KV is still held: another decode worker can pull it.
+                let retry = untried(decode, &tried);
+                if tried.len() as u32 >= st.max_attempts || retry.is_empty() {
+                    return Err(all_failed(tried.len(), &e));
+                }
+                let keys: Vec<WorkerKey> = retry.iter().map(|w| w.key()).collect();
+                let (rd, g) = st
+                    .router
+                    .route(req.hashes, req.tokens, &keys, st.now())
+                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                st.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                dw = pick(&retry, rd.worker)?;
+                decode_guard = g;
+                tried.push(dw.id);
+            }
+        }
+    }
+}
+
+/// SGLang's P/D flow: the same request to the prefill and the decode worker at once, joined by
+/// a random bootstrap room; the decode response is streamed. A prefill failure before the
+/// decode side answers cancels the decode request.
+async fn proxy_sglang_pd(
+    st: &Arc<ServeState>,
+    req: &Req<'_>,
+    prefill: &[Arc<WorkerEntry>],
+    decode: &[Arc<WorkerEntry>],
+) -> Result<Response, ApiError> {
+    let mut tried_p: Vec<u64> = Vec::new();
+    let mut tried_d: Vec<u64> = Vec::new();
+    let mut last_err = String::new();
+    for attempt in 0..st.max_attempts {
+        let pool_p = untried(prefill, &tried_p);
+        let pool_d = untried(decode, &tried_d);
+        if pool_d.is_empty() {
+            break;
+        }
+        let pkeys: Vec<WorkerKey> = pool_p.iter().map(|w| w.key()).collect();
+        let dkeys: Vec<WorkerKey> = pool_d.iter().map(|w| w.key()).collect();
+        let (d, guards) = st
+            .router
+            .route_pair(req.hashes, req.tokens, &pkeys, &dkeys, st.now())
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        st.count_decision(d.decode.overlap_blocks(), attempt);
+        let dw = pick(&pool_d, d.decode.worker)?;
+        let Some(pdec) = &d.prefill else {
+            // Local prefill: the decode worker gets the request as is.
+            st.metrics.pd_local.fetch_add(1, Ordering::Relaxed);
+            tried_d.push(dw.id);
+            match st.send(&dw, req.ep.path(), req.body.clone()).await {
+                Ok(resp) => {
+                    let mut headers = HeaderMap::new();
+                    set_placement(&mut headers, None, true);
+                    return Ok(relay(st, req, resp, dw, guards.decode, None, headers));
+                }
+                Err(e) => {
+                    last_err = e;
+                    continue;
+                }
+            }
+        };
+        st.metrics.pd_remote.fetch_add(1, Ordering::Relaxed);
+        let pw = pick(&pool_p, pdec.worker)?;
+        let (host, port) = bootstrap_of(&pw);
+        let room = {
+            let mut rng = st.rng.lock().unwrap_or_else(|e| e.into_inner());
+            rand::Rng::random_range(&mut *rng, 0..(1u64 << 63))
+        };
+        let body = with_fields(
+            req.body,
+            &[
+                ("bootstrap_host", json!(host)),
+                ("bootstrap_port", json!(port)),
+                ("bootstrap_room", json!(room)),
+            ],
+            &[],
+        )?;
+        let t_prefill = Instant::now();
+        let prefill_task = {
+            let st = st.clone();
+            let pw = pw.clone();
+            let body = body.clone();
+            let path = req.ep.path();
+            let pguard = guards.prefill;
+            tokio::spawn(async move {
+                let r = match st.send(&pw, path, body).await {
+                    Ok(r) if r.status().is_success() => {
+                        // Drain: the prefill's own output is not the client's.
+                        r.bytes()
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| format!("prefill worker {}: {e}", pw.spec.url))
+                    }
+                    Ok(r) => Err(format!(
+                        "prefill worker {} answered {}",
+                        pw.spec.url,
+                        r.status()
+                    )),
+                    Err(e) => Err(e),
+                };
+                if r.is_ok() {
+                    st.metrics
+                        .pd_prefill
+                        .observe(t_prefill.elapsed().as_secs_f64());
+                } else {
+                    st.metrics
+                        .pd_prefill_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                drop(pguard);
+                r
+            })
+        };
+        tried_d.push(dw.id);
+        let dw2 = dw.clone();
+        let decode_fut = st.send(&dw2, req.ep.path(), body);
+        tokio::pin!(decode_fut);
+        let mut prefill_task = prefill_task;
+        let mut prefill_result: Option<Result<(), String>> = None;
+        let decode_resp = loop {
+            tokio::select! {
+                r = &mut prefill_task, if prefill_result.is_none() => {
+                    let r = r.unwrap_or_else(|e| Err(format!("prefill task: {e}")));
+                    if let Err(e) = &r {
+                        // The decode side is cancelled by dropping its request.
+                        tried_p.push(pw.id);
+                        last_err = format!("prefill failed ({e}); the decode request was cancelled");
+                        break None;
+                    }
+                    prefill_result = Some(r);
+                }
+                r = &mut decode_fut => break Some(r),
+            }
+        };
+        let Some(decode_resp) = decode_resp else {
+            continue;
+        };
+        match decode_resp {
+            Ok(resp) => {
+                let mut headers = HeaderMap::new();
+                set_placement(&mut headers, Some(&pw), false);
+                let abort = prefill_result.is_none().then(|| {
+                    // Still prefilling: if it fails now, end the client's stream with an error.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    tokio::spawn(async move {
+                        if let Ok(Err(e)) = prefill_task.await {
+                            let _ = tx.send(e);
+                        }
+                    });
+                    rx
+                });
+                let mut out = relay(st, req, resp, dw, guards.decode, None, headers);
+                if let Some(rx) = abort
+                    && req.stream
+                {
+                    out = out.map(|b| with_abort(b, rx));
+                }
+                return Ok(out);
+            }
+            Err(e) => {
+                prefill_task.abort();
+                last_err = e;
+            }
+        }
+    }
+    Err(all_failed(tried_d.len(), &last_err))
+}
+
+/// Where an SGLang decode worker reaches a prefill worker's bootstrap server.
+fn bootstrap_of(w: &WorkerEntry) -> (String, u16) {
+    let rest = w
+        .spec
+        .url
+        .split_once("://")
+        .map_or(w.spec.url.as_str(), |x| x.1);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
+            (h.trim_matches(['[', ']']).to_string(), p.parse().ok())
+        }
+        _ => (hostport.to_string(), None),
+    };
+    let default = if w.spec.url.starts_with("https") {
+        443
+    } else {
+        80
+    };
+    (host, w.spec.bootstrap_port.or(port).unwrap_or(default))
+}
+
+/// An upstream 4xx, passed on to the client.
+async fn passthrough_error(r: reqwest::Response) -> ApiError {
+    let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    let msg = v["error"]["message"]
+        .as_str()
+        .map_or_else(|| format!("upstream answered {status}"), String::from);
+    ApiError::new(status, msg)
+}
+
+/// End a streamed body with an SSE error event if `rx` fires first (SGLang: the prefill failed
+/// while the decode side was already streaming). A dropped sender means the prefill succeeded.
+fn with_abort(body: Body, rx: tokio::sync::oneshot::Receiver<String>) -> Body {
+    let s = body.into_data_stream();
+    let out = stream::unfold((s, Some(rx), false), |(mut s, rx, done)| async move {
+        if done {
+            return None;
+        }
+        let Some(mut r) = rx else {
+            return s.next().await.map(|i| (i, (s, None, false)));
+        };
+        tokio::select! {
+            biased;
+            e = &mut r => match e {
+                Ok(msg) => {
+                    let err = json!({"error": {"message": format!("prefill failed: {msg}"),
+                        "type": "server_error", "param": null, "code": 502}});
+                    Some((Ok(Bytes::from(format!("\n\ndata: {err}\n\n"))), (s, None, true)))
+                }
+                Err(_) => s.next().await.map(|i| (i, (s, None, false))),
+            },
+            item = s.next() => item.map(|i| (i, (s, Some(r), false))),
+        }
+    });
+    Body::from_stream(out)
 }
 
 /// Consecutive 5xx answers after which a worker is taken out until its next health check.
@@ -883,6 +1432,8 @@ type ByteStream = std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + 
 struct Relay {
     upstream: ByteStream,
     guard: Option<RouteGuard>,
+    /// A prefill worker's load, held until the decode side's first byte.
+    hold: Option<RouteGuard>,
     first: bool,
     start: Instant,
     st: Arc<ServeState>,
@@ -903,6 +1454,7 @@ impl Relay {
             Some(Ok(b)) => {
                 if self.first {
                     self.first = false;
+                    self.hold = None;
                     if let Some(g) = &self.guard {
                         g.prefill_done();
                     }
@@ -921,6 +1473,7 @@ impl Relay {
             Some(Err(e)) => {
                 self.done = true;
                 self.guard = None;
+                self.hold = None;
                 self.worker.errors.fetch_add(1, Ordering::Relaxed);
                 self.st
                     .metrics
@@ -1016,6 +1569,12 @@ struct Metrics {
     event_errors: AtomicU64,
     event_issues: AtomicU64,
     seq_gaps: AtomicU64,
+    /// Disaggregated requests by where they were prefilled.
+    pd_remote: AtomicU64,
+    pd_local: AtomicU64,
+    pd_prefill_failures: AtomicU64,
+    /// Prefill phase (vLLM: prefill response; SGLang: prefill stream end).
+    pd_prefill: Histogram,
 }
 
 impl Metrics {
@@ -1050,6 +1609,11 @@ async fn metrics(State(st): State<Arc<ServeState>>) -> Response {
         "switchyard_e2e_seconds",
         "Time to the last upstream byte.",
     );
+    m.pd_prefill.render(
+        &mut out,
+        "switchyard_pd_prefill_seconds",
+        "Disaggregated requests: time to the prefill worker's response.",
+    );
     m.event_lag.render(
         &mut out,
         "switchyard_kv_event_lag_seconds",
@@ -1076,6 +1640,19 @@ async fn metrics(State(st): State<Arc<ServeState>>) -> Response {
         "Cached prefix blocks on the chosen workers.",
         &policy,
         ld(&m.overlap_blocks),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_pd_requests_total Disaggregated requests by prefill placement (local: conditional disaggregation kept the prefill on the decode worker).\n# TYPE switchyard_pd_requests_total counter\nswitchyard_pd_requests_total{{placement=\"remote\"}} {}\nswitchyard_pd_requests_total{{placement=\"local\"}} {}",
+        ld(&m.pd_remote),
+        ld(&m.pd_local)
+    );
+    counter(
+        &mut out,
+        "switchyard_pd_prefill_failures_total",
+        "Prefill requests that failed (connection, 5xx, missing kv_transfer_params).",
+        "",
+        ld(&m.pd_prefill_failures),
     );
     counter(
         &mut out,

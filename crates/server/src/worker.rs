@@ -21,15 +21,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::{Args, ValueEnum};
 use futures_util::stream;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::json;
-use switchyard_engine::{Catalog, Engine, EngineConfig, EngineLoad, EngineStats, Request};
+use switchyard_engine::{
+    Catalog, Engine, EngineConfig, EngineLoad, EngineStats, FinishReason, Request, Role,
+};
 use switchyard_kv::wire::{WireBatch, WireEncoding, WireEvent, encode_batch};
 use switchyard_kv::{BlockHasher, KvEvent};
+use switchyard_sim::network::Network;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::events::{EventPublisher, start_publisher};
 use crate::openai::{ApiError, Endpoint, ParsedRequest, parse_request, read_body};
+use crate::pd::{self, PullInfo, RemoteKv};
 use crate::tokenizer::{filler_piece, filler_text, prompt_tokens_async};
 
 /// KV-event payload encoding on the wire.
@@ -100,6 +104,33 @@ pub struct WorkerArgs {
     /// Largest accepted request body, bytes.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+    /// Engine role (overrides the file): `aggregated`; `prefill` (computes prompts and holds
+    /// their KV for a decode worker to pull; answers with vLLM's `kv_transfer_params`);
+    /// `decode` (pulls the KV named by `kv_transfer_params` or SGLang's bootstrap fields, or
+    /// prefills locally when a request names none).
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Host put in `kv_transfer_params` so decode workers can reach this one (default:
+    /// --host, or 127.0.0.1 when that is a wildcard address).
+    #[arg(long)]
+    pub advertise_host: Option<String>,
+    /// Prefill role: seconds a finished prefill's KV waits to be pulled before it is freed
+    /// (vLLM's VLLM_NIXL_ABORT_REQUEST_TIMEOUT default).
+    #[arg(long, default_value_t = 480.0)]
+    pub kv_hold_timeout: f64,
+    /// Seconds a KV pull waits for a prefill that is still running (SGLang sends the
+    /// prefill and decode requests at once).
+    #[arg(long, default_value_t = 60.0)]
+    pub kv_pull_wait: f64,
+    /// NIC bandwidth per GPU for KV transfers, GB/s (default: the GPU's catalog value).
+    #[arg(long)]
+    pub nic_gb_s: Option<f64>,
+    /// Achieved share of NIC line rate in KV transfers.
+    #[arg(long, default_value_t = switchyard_sim::config::defaults::NIC_EFFICIENCY)]
+    pub kv_link_efficiency: f64,
+    /// Fixed setup time of one KV transfer, ms of simulated time.
+    #[arg(long, default_value_t = switchyard_sim::config::defaults::TRANSFER_SETUP_MS)]
+    pub kv_setup_ms: f64,
 }
 
 impl Default for WorkerArgs {
@@ -120,6 +151,13 @@ impl Default for WorkerArgs {
             kv_events_topic: String::new(),
             default_max_tokens: 16,
             max_body_bytes: 16 << 20,
+            role: None,
+            advertise_host: None,
+            kv_hold_timeout: 480.0,
+            kv_pull_wait: 60.0,
+            nic_gb_s: None,
+            kv_link_efficiency: switchyard_sim::config::defaults::NIC_EFFICIENCY,
+            kv_setup_ms: switchyard_sim::config::defaults::TRANSFER_SETUP_MS,
         }
     }
 }
@@ -147,6 +185,12 @@ impl WorkerArgs {
         }
         if let Some(e) = &self.engine {
             cfg.engine = e.clone();
+        }
+        if let Some(r) = &self.role {
+            cfg.role =
+                serde_json::from_value(serde_json::Value::String(r.clone())).map_err(|_| {
+                    anyhow::anyhow!("--role {r:?}: expected aggregated, prefill or decode")
+                })?;
         }
         Ok(cfg)
     }
@@ -181,6 +225,8 @@ pub struct WorkerHandle {
     pub kv_events: Option<String>,
     /// Served model name.
     pub model: String,
+    /// Engine role.
+    pub role: Role,
     server: tokio::task::JoinHandle<()>,
     driver: tokio::task::JoinHandle<()>,
 }
@@ -215,9 +261,37 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
     tokio::task::spawn_blocking(|| {
         let _ = crate::tokenizer::default_bpe();
     });
+    for (name, v) in [
+        ("--kv-hold-timeout", args.kv_hold_timeout),
+        ("--kv-pull-wait", args.kv_pull_wait),
+        ("--kv-link-efficiency", args.kv_link_efficiency),
+    ] {
+        anyhow::ensure!(
+            v.is_finite() && v > 0.0,
+            "{name} must be positive (got {v})"
+        );
+    }
+    anyhow::ensure!(
+        args.kv_setup_ms.is_finite() && args.kv_setup_ms >= 0.0,
+        "--kv-setup-ms must be >= 0 (got {})",
+        args.kv_setup_ms
+    );
     let mut cfg = cfg;
     cfg.kv_events = args.kv_events.is_some();
     let engine = Engine::new(&catalog, &cfg)?;
+    let nic = match args.nic_gb_s {
+        Some(n) => {
+            anyhow::ensure!(
+                n.is_finite() && n > 0.0,
+                "--nic-gb-s must be positive (got {n})"
+            );
+            n
+        }
+        None => catalog.gpu(&cfg.gpu)?.nic_gb_s,
+    };
+    // One link per DP rank: a request's KV lives on its rank's TP GPUs and moves over their
+    // NICs (as in the simulator).
+    let link_bw = nic * 1e9 * args.kv_link_efficiency * cfg.tp as f64;
     let model = args
         .served_model_name
         .clone()
@@ -233,6 +307,22 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", args.host, args.port))?;
     let addr = listener.local_addr()?;
+    let advertise_host = match &args.advertise_host {
+        Some(h) => h.clone(),
+        None if addr.ip().is_unspecified() => "127.0.0.1".into(),
+        None => addr.ip().to_string(),
+    };
+    let engine_id = format!(
+        "sy-{:x}-{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+        addr.port()
+    );
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .build()?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let snapshot = Arc::new(Mutex::new(Snapshot {
         load: engine.load(),
@@ -252,7 +342,24 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
         requests: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
         max_body: args.max_body_bytes,
+        role: cfg.role,
+        advertise: (advertise_host, addr.port()),
+        engine_id: engine_id.clone(),
+        tp: cfg.tp,
+        client: client.clone(),
+        pull_wait: Duration::from_secs_f64(args.kv_pull_wait),
+        pd_counters: Arc::new(PdCounters::default()),
     });
+    let pd = Pd::new(
+        &engine,
+        link_bw,
+        args.kv_setup_ms / 1e3,
+        engine_id,
+        Duration::from_secs_f64(args.kv_hold_timeout),
+        Duration::from_secs_f64(args.kv_pull_wait),
+        client,
+        shared.pd_counters.clone(),
+    );
     let driver = Driver {
         engine,
         reqs: FxHashMap::default(),
@@ -260,6 +367,8 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
         block_size: shared.hasher.block_size() as usize,
         publisher: publisher.map(|p| (p, args.kv_events_encoding.into())),
         snapshot,
+        pd,
+        was_busy: false,
     };
     let driver = tokio::spawn(driver.run(cmd_rx, args.speedup));
     let app = worker_router(shared);
@@ -270,6 +379,7 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
         addr,
         kv_events,
         model,
+        role: cfg.role,
         server,
         driver,
     })
@@ -282,6 +392,8 @@ fn worker_router(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/metrics", get(metrics))
+        .route(crate::pd::PULL_PATH, post(kv_pull))
+        .route(crate::pd::RELEASE_PATH, post(kv_release))
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
         .with_state(shared)
@@ -313,6 +425,14 @@ struct Shared {
     requests: AtomicU64,
     rejected: AtomicU64,
     max_body: usize,
+    role: Role,
+    /// (host, port) named in `kv_transfer_params`.
+    advertise: (String, u16),
+    engine_id: String,
+    tp: u32,
+    client: reqwest::Client,
+    pull_wait: Duration,
+    pd_counters: Arc<PdCounters>,
 }
 
 enum Cmd {
@@ -320,11 +440,38 @@ enum Cmd {
         id: u64,
         tokens: Vec<u32>,
         hashes: Vec<u64>,
+        /// Tokens the engine generates (decode role with remote KV: one more than the client
+        /// sees, the first having been made by the prefill worker).
+        engine_out: u32,
+        /// Tokens streamed to the client.
         max_out: u32,
+        mode: Mode,
         tx: mpsc::UnboundedSender<Tok>,
         reply: oneshot::Sender<Result<u32, String>>,
     },
     Abort(u64),
+    /// A decode worker asks for the KV under `key` (answers when held).
+    Pull {
+        key: String,
+        reply: oneshot::Sender<Result<PullInfo, String>>,
+    },
+    /// A decode worker no longer needs the KV under `key`.
+    Release {
+        key: String,
+    },
+}
+
+/// How a request enters the engine.
+enum Mode {
+    /// Aggregated engine.
+    Normal,
+    /// Decode role without remote KV: prefill here, then decode (conditional disaggregation).
+    Local,
+    /// Prefill role: compute the prompt, then hold the KV under `key` for a pull (no key: a
+    /// plain request sent to a prefill worker; its KV is freed at once).
+    Prefill { key: Option<String> },
+    /// Decode role: the KV comes from a prefill worker.
+    Remote { remote: RemoteKv, info: PullInfo },
 }
 
 #[derive(Debug, PartialEq)]
@@ -349,6 +496,143 @@ struct BlockTokens {
     stored: bool,
 }
 
+/// P/D counters shown on `/metrics`.
+#[derive(Debug, Default)]
+struct PdCounters {
+    held: AtomicU64,
+    transfers_in_flight: AtomicU64,
+    transfers_done: AtomicU64,
+    transfer_bytes: AtomicU64,
+    pulls_served: AtomicU64,
+    pull_failures: AtomicU64,
+    hold_timeouts: AtomicU64,
+    local_prefills: AtomicU64,
+}
+
+/// KV a prefill worker holds for a decode worker.
+struct Held {
+    id: u64,
+    prompt_tokens: u32,
+    rank: u32,
+    deadline: Instant,
+}
+
+/// Where a pull's answer goes.
+type PullReply = oneshot::Sender<Result<PullInfo, String>>;
+
+/// A decode worker's incoming transfer.
+struct Xfer {
+    remote: RemoteKv,
+    /// Network link of the source engine.
+    link: usize,
+    started: bool,
+}
+
+/// Prefill/decode state of one worker: held KV (prefill role), incoming transfers over the
+/// shared-link network model in simulated time (decode role).
+struct Pd {
+    hold_timeout: Duration,
+    pull_wait: Duration,
+    held: FxHashMap<String, Held>,
+    /// Prefills in progress that will be held: engine id -> key, and back.
+    prefilling: FxHashMap<u64, String>,
+    prefilling_keys: FxHashMap<String, u64>,
+    /// Keys released while still prefilling (free them as soon as they finish).
+    released_early: FxHashSet<String>,
+    /// Pulls waiting for their prefill to finish.
+    waiters: FxHashMap<String, Vec<(Instant, PullReply)>>,
+    net: Network,
+    net_now: f64,
+    own_links: Vec<usize>,
+    remote_links: FxHashMap<String, usize>,
+    xfers: FxHashMap<u64, Xfer>,
+    kv_bytes_per_token: f64,
+    link_bw: f64,
+    engine_id: String,
+    client: reqwest::Client,
+    counters: Arc<PdCounters>,
+    last_sweep: Instant,
+    done: Vec<switchyard_sim::network::Completed>,
+}
+
+/// How often held KV and waiting pulls are checked against their deadlines.
+const SWEEP_EVERY: Duration = Duration::from_millis(200);
+
+impl Pd {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        engine: &Engine,
+        link_bw: f64,
+        setup: f64,
+        engine_id: String,
+        hold_timeout: Duration,
+        pull_wait: Duration,
+        client: reqwest::Client,
+        counters: Arc<PdCounters>,
+    ) -> Self {
+        let ranks = engine.dp_ranks() as usize;
+        Self {
+            hold_timeout,
+            pull_wait,
+            held: FxHashMap::default(),
+            prefilling: FxHashMap::default(),
+            prefilling_keys: FxHashMap::default(),
+            released_early: FxHashSet::default(),
+            waiters: FxHashMap::default(),
+            net: Network::new(vec![link_bw; ranks], setup),
+            net_now: 0.0,
+            own_links: (0..ranks).collect(),
+            remote_links: FxHashMap::default(),
+            xfers: FxHashMap::default(),
+            kv_bytes_per_token: engine.kv_bytes_per_token() as f64,
+            link_bw,
+            engine_id,
+            client,
+            counters,
+            last_sweep: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn pull_info(&self, prompt_tokens: u32, rank: u32) -> PullInfo {
+        PullInfo {
+            prompt_tokens,
+            link_bytes_per_s: self.link_bw,
+            engine_id: format!("{}/{}", self.engine_id, rank),
+        }
+    }
+
+    fn remote_link(&mut self, info: &PullInfo) -> usize {
+        if let Some(&l) = self.remote_links.get(&info.engine_id) {
+            return l;
+        }
+        let bw = if info.link_bytes_per_s.is_finite() && info.link_bytes_per_s > 0.0 {
+            info.link_bytes_per_s
+        } else {
+            self.link_bw
+        };
+        let l = self.net.add_link(bw);
+        self.remote_links.insert(info.engine_id.clone(), l);
+        l
+    }
+
+    /// Tell a prefill worker its KV is no longer needed (off the driver task).
+    fn release_remote(&self, remote: RemoteKv) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let _ = pd::release(&client, &remote).await;
+        });
+    }
+
+    fn answer_waiters(&mut self, key: &str, r: Result<PullInfo, String>) {
+        if let Some(ws) = self.waiters.remove(key) {
+            for (_, tx) in ws {
+                let _ = tx.send(r.clone());
+            }
+        }
+    }
+}
+
 struct Driver {
     engine: Engine,
     reqs: FxHashMap<u64, ReqState>,
@@ -356,37 +640,82 @@ struct Driver {
     block_size: usize,
     publisher: Option<(EventPublisher, WireEncoding)>,
     snapshot: Arc<Mutex<Snapshot>>,
+    pd: Pd,
+    /// The engine ran steps back to back until now (the next one starts where the last
+    /// ended, not when the driver woke up: timer lateness must not accumulate).
+    was_busy: bool,
 }
+
+/// Real-time lateness up to which back-to-back steps keep the engine's own timeline.
+const CATCH_UP: Duration = Duration::from_millis(5);
 
 impl Driver {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, speedup: f64) {
         let t0 = Instant::now();
         let sim_now = |t0: Instant| t0.elapsed().as_secs_f64() * speedup;
+        let at_sim = |t: f64| t0 + Duration::from_secs_f64((t / speedup).min(1e9));
         let mut since_yield = 0u32;
         loop {
             while let Ok(cmd) = rx.try_recv() {
                 self.handle(cmd, sim_now(t0));
             }
-            let out = self.engine.step(sim_now(t0));
+            let now = sim_now(t0);
+            self.complete_transfers(now);
+            self.sweep();
+            let busy_until = self.engine.busy_until();
+            let step_at = if self.was_busy
+                && busy_until <= now
+                && now - busy_until <= CATCH_UP.as_secs_f64() * speedup
+            {
+                busy_until
+            } else {
+                now
+            };
+            let out = self.engine.step(step_at);
             if out.scheduled_tokens == 0 && !out.is_visible() {
-                // Idle (or blocked on memory): wait for the next command.
+                // Idle (or blocked on memory): wait for a command, a transfer or a deadline.
+                self.was_busy = false;
                 self.publish_snapshot();
-                match rx.recv().await {
-                    Some(cmd) => self.handle(cmd, sim_now(t0)),
-                    None => return,
+                let xfer = self.pd.net.next_completion().map(at_sim);
+                let sweep = (!self.pd.held.is_empty() || !self.pd.waiters.is_empty())
+                    .then(|| self.pd.last_sweep + SWEEP_EVERY);
+                let wake = match (xfer, sweep) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                match wake {
+                    Some(w) => tokio::select! {
+                        cmd = rx.recv() => match cmd {
+                            Some(cmd) => self.handle(cmd, sim_now(t0)),
+                            None => return,
+                        },
+                        _ = tokio::time::sleep_until(w.into()) => {}
+                    },
+                    None => match rx.recv().await {
+                        Some(cmd) => self.handle(cmd, sim_now(t0)),
+                        None => return,
+                    },
                 }
                 continue;
             }
-            let wake = t0 + Duration::from_secs_f64(out.end / speedup);
-            // Handle commands while the step "runs" on the GPU.
+            self.was_busy = true;
+            let wake = at_sim(out.end);
+            // Handle commands and finish transfers while the step "runs" on the GPU.
             loop {
                 if Instant::now() >= wake {
                     break;
                 }
+                let until = match self.pd.net.next_completion().map(at_sim) {
+                    Some(x) if x < wake => x,
+                    _ => wake,
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep_until(wake.into()) => break,
+                    _ = tokio::time::sleep_until(until.into()) => {
+                        let t = sim_now(t0).min(out.end);
+                        self.complete_transfers(t);
+                    }
                     cmd = rx.recv() => match cmd {
-                        Some(cmd) => self.handle(cmd, sim_now(t0)),
+                        Some(cmd) => self.handle(cmd, sim_now(t0).min(out.end)),
                         None => return,
                     },
                 }
@@ -395,6 +724,9 @@ impl Driver {
                 self.send_token(id);
             }
             for f in &out.finished {
+                if f.reason == FinishReason::PrefillDone {
+                    self.prefill_done(f.id);
+                }
                 if let Some(r) = self.reqs.get_mut(&f.id) {
                     let target = f.output_tokens.min(r.max_out);
                     while r.sent < target {
@@ -404,6 +736,9 @@ impl Driver {
                     let _ = r.tx.send(Tok::Done);
                 }
                 self.forget(f.id);
+            }
+            for kr in &out.kv_reserved {
+                self.start_transfer(kr.id, kr.dp_rank, kr.cached_tokens, out.end);
             }
             if !out.kv_events.is_empty() {
                 self.publish_events(&out.kv_events);
@@ -431,7 +766,9 @@ impl Driver {
                 id,
                 tokens,
                 hashes,
+                engine_out,
                 max_out,
+                mode,
                 tx,
                 reply,
             } => {
@@ -439,10 +776,14 @@ impl Driver {
                     id,
                     prompt_tokens: tokens.len() as u32,
                     block_hashes: hashes.clone(),
-                    max_output_tokens: max_out,
+                    max_output_tokens: engine_out,
                     dp_rank: None,
                 };
-                match self.engine.admit(req, now) {
+                let admitted = match &mode {
+                    Mode::Local => self.engine.admit_local(req, now),
+                    _ => self.engine.admit(req, now),
+                };
+                match admitted {
                     Ok(info) => {
                         // Like vLLM: at least one prompt token is always computed.
                         let bs = self.block_size as u32;
@@ -469,9 +810,40 @@ impl Driver {
                                 max_out,
                             },
                         );
+                        match mode {
+                            Mode::Normal => {}
+                            Mode::Local => {
+                                self.pd
+                                    .counters
+                                    .local_prefills
+                                    .fetch_add(1, Ordering::Relaxed);
+                            }
+                            Mode::Prefill { key: Some(key) } => {
+                                self.pd.prefilling.insert(id, key.clone());
+                                self.pd.prefilling_keys.insert(key, id);
+                            }
+                            Mode::Prefill { key: None } => {}
+                            Mode::Remote { remote, info: pi } => {
+                                let link = self.pd.remote_link(&pi);
+                                self.pd.xfers.insert(
+                                    id,
+                                    Xfer {
+                                        remote,
+                                        link,
+                                        started: false,
+                                    },
+                                );
+                                if let Some(c) = info.kv_reserved {
+                                    self.start_transfer(id, info.dp_rank, c, now);
+                                }
+                            }
+                        }
                         let _ = reply.send(Ok(cached));
                     }
                     Err(e) => {
+                        if let Mode::Remote { remote, .. } = mode {
+                            self.pd.release_remote(remote);
+                        }
                         let _ = reply.send(Err(e.to_string()));
                     }
                 }
@@ -482,7 +854,149 @@ impl Driver {
                     self.forget(id);
                 }
             }
+            Cmd::Pull { key, reply } => {
+                let timeout = self.pd.hold_timeout;
+                if let Some(h) = self.pd.held.get_mut(&key) {
+                    // Being pulled: keep it for another full timeout.
+                    h.deadline = Instant::now() + timeout;
+                    let (prompt_tokens, rank) = (h.prompt_tokens, h.rank);
+                    let info = self.pd.pull_info(prompt_tokens, rank);
+                    self.pd
+                        .counters
+                        .pulls_served
+                        .fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(Ok(info));
+                } else if self.pd.prefilling_keys.contains_key(&key) || key.starts_with("room:") {
+                    // Still prefilling, or (SGLang) the prefill request has not arrived yet.
+                    let deadline = Instant::now() + self.pd.pull_wait;
+                    self.pd
+                        .waiters
+                        .entry(key)
+                        .or_default()
+                        .push((deadline, reply));
+                } else {
+                    self.pd
+                        .counters
+                        .pull_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(Err(format!(
+                        "no KV is held for {key:?} (released, timed out or never prefilled here)"
+                    )));
+                }
+            }
+            Cmd::Release { key } => {
+                if let Some(h) = self.pd.held.remove(&key) {
+                    let _ = self.engine.release(h.id);
+                    self.pd.counters.held.fetch_sub(1, Ordering::Relaxed);
+                } else if self.pd.prefilling_keys.contains_key(&key) {
+                    self.pd.released_early.insert(key);
+                }
+            }
         }
+    }
+
+    /// Prefill role: request `id`'s prompt is computed; hold its KV under its key.
+    fn prefill_done(&mut self, id: u64) {
+        let Some(key) = self.pd.prefilling.remove(&id) else {
+            // Nobody will pull it.
+            let _ = self.engine.release(id);
+            return;
+        };
+        self.pd.prefilling_keys.remove(&key);
+        if self.pd.released_early.remove(&key) {
+            let _ = self.engine.release(id);
+            return;
+        }
+        let (prompt_tokens, rank) = self.engine.request_placement(id).unwrap_or((0, 0));
+        let held = Held {
+            id,
+            prompt_tokens,
+            rank,
+            deadline: Instant::now() + self.pd.hold_timeout,
+        };
+        let info = self.pd.pull_info(held.prompt_tokens, held.rank);
+        self.pd.held.insert(key.clone(), held);
+        self.pd.counters.held.fetch_add(1, Ordering::Relaxed);
+        if self.pd.waiters.contains_key(&key) {
+            self.pd
+                .counters
+                .pulls_served
+                .fetch_add(1, Ordering::Relaxed);
+            self.pd.answer_waiters(&key, Ok(info));
+        }
+    }
+
+    /// Decode role: KV blocks for `id` are reserved; move the uncached part of its prompt.
+    fn start_transfer(&mut self, id: u64, rank: u32, cached: u32, at: f64) {
+        let prompt = self.engine.request_placement(id).map_or(0, |p| p.0);
+        let Some(x) = self.pd.xfers.get_mut(&id) else {
+            return;
+        };
+        if x.started {
+            return;
+        }
+        x.started = true;
+        let bytes = prompt.saturating_sub(cached) as f64 * self.pd.kv_bytes_per_token;
+        let dst = self.pd.own_links.get(rank as usize).copied().unwrap_or(0);
+        let src = x.link;
+        // The network model needs non-decreasing times.
+        let at = at.max(self.pd.net_now);
+        self.pd.net_now = at;
+        self.pd.net.start(id, src, dst, bytes, at);
+        let c = &self.pd.counters;
+        c.transfers_in_flight.fetch_add(1, Ordering::Relaxed);
+        c.transfer_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Transfers that ended by `now`: the KV is here; the prefill worker may free its copy.
+    fn complete_transfers(&mut self, now: f64) {
+        if self.pd.net.in_flight() == 0 {
+            return;
+        }
+        let now = now.max(self.pd.net_now);
+        self.pd.net_now = now;
+        let mut done = std::mem::take(&mut self.pd.done);
+        self.pd.net.advance(now, &mut done);
+        for c in &done {
+            let c_ = &self.pd.counters;
+            c_.transfers_in_flight.fetch_sub(1, Ordering::Relaxed);
+            c_.transfers_done.fetch_add(1, Ordering::Relaxed);
+            if let Some(x) = self.pd.xfers.remove(&c.id) {
+                self.pd.release_remote(x.remote);
+            }
+            let _ = self.engine.kv_arrived(c.id, c.at);
+        }
+        done.clear();
+        self.pd.done = done;
+    }
+
+    /// Free held KV nobody pulled in time; fail pulls that waited too long.
+    fn sweep(&mut self) {
+        if self.pd.last_sweep.elapsed() < SWEEP_EVERY {
+            return;
+        }
+        let now = Instant::now();
+        self.pd.last_sweep = now;
+        let expired: Vec<String> = self
+            .pd
+            .held
+            .iter()
+            .filter(|(_, h)| h.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            if let Some(h) = self.pd.held.remove(&k) {
+                let _ = self.engine.release(h.id);
+                let c = &self.pd.counters;
+                c.held.fetch_sub(1, Ordering::Relaxed);
+                c.hold_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // A dropped waiter's pull sees its channel closed: "timed out waiting".
+        self.pd.waiters.retain(|_, ws| {
+            ws.retain(|(deadline, _)| *deadline > now);
+            !ws.is_empty()
+        });
     }
 
     fn send_token(&mut self, id: u64) {
@@ -510,6 +1024,24 @@ impl Driver {
                     }
                 }
             }
+        }
+        // Decode role: a transfer still pending or in flight is dropped, and the prefill
+        // worker told to free its copy.
+        if let Some(x) = self.pd.xfers.remove(&id) {
+            if x.started && self.pd.net.cancel(id, self.pd.net_now) {
+                self.pd
+                    .counters
+                    .transfers_in_flight
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+            self.pd.release_remote(x.remote);
+        }
+        // Prefill role: aborted before its prefill finished.
+        if let Some(key) = self.pd.prefilling.remove(&id) {
+            self.pd.prefilling_keys.remove(&key);
+            self.pd.released_early.remove(&key);
+            self.pd
+                .answer_waiters(&key, Err(format!("the prefill of {key:?} was aborted")));
         }
     }
 
@@ -667,6 +1199,7 @@ async fn generate(s: Arc<Shared>, ep: Endpoint, body: Body) -> Result<Response, 
             "total_tokens": prompt_len + adm.max_out,
             "prompt_tokens_details": {"cached_tokens": adm.cached},
         }),
+        kv_params: adm.kv_params,
     };
     if !p.stream {
         let mut rx = adm.rx;
@@ -692,15 +1225,18 @@ async fn generate(s: Arc<Shared>, ep: Endpoint, body: Body) -> Result<Response, 
         } else {
             json!({"index": 0, "text": text, "logprobs": null, "finish_reason": "length"})
         };
-        return Ok(axum::Json(json!({
+        let mut body = json!({
             "id": ctx.id,
             "object": if ctx.chat { "chat.completion" } else { "text_completion" },
             "created": ctx.created,
             "model": s.model,
             "choices": [choice],
             "usage": ctx.usage,
-        }))
-        .into_response());
+        });
+        if let Some(k) = ctx.kv_params {
+            body["kv_transfer_params"] = k;
+        }
+        return Ok(axum::Json(body).into_response());
     }
     let st = StreamState {
         rx: adm.rx,
@@ -728,6 +1264,8 @@ struct Admitted {
     prompt_tokens: u32,
     max_out: u32,
     cached: u32,
+    /// Prefill role (vLLM): the response's `kv_transfer_params`.
+    kv_params: Option<serde_json::Value>,
 }
 
 async fn admit(
@@ -744,7 +1282,11 @@ async fn admit(
         .with_param("model"));
     }
     let tokens = prompt_tokens_async(&p.prompt).await;
-    let max_out = p.max_tokens.unwrap_or(s.default_max_tokens);
+    let mut max_out = p.max_tokens.unwrap_or(s.default_max_tokens);
+    if s.role == Role::Prefill {
+        // A prefill worker makes exactly the first token, whatever was asked.
+        max_out = 1;
+    }
     let total = tokens.len() as u64 + max_out as u64;
     if total > s.max_model_len as u64 {
         return Err(ApiError::bad(format!(
@@ -759,6 +1301,84 @@ async fn admit(
     }
     let hashes = s.hasher.hash(&tokens);
     let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+    let remote = if s.role == Role::Decode {
+        RemoteKv::from_fields(&p.disagg)?
+    } else {
+        None
+    };
+    let mut engine_out = max_out;
+    let mut kv_params = None;
+    let mode = match s.role {
+        Role::Aggregated => Mode::Normal,
+        Role::Prefill => {
+            let pulls = p
+                .disagg
+                .kv_transfer_params
+                .as_ref()
+                .and_then(|k| k.get("do_remote_prefill"))
+                .and_then(serde_json::Value::as_bool)
+                == Some(true);
+            if pulls {
+                return Err(ApiError::bad(
+                    "this is a prefill worker: it computes prompts and does not pull KV \
+                     (send the request with kv_transfer_params to a decode worker)",
+                )
+                .with_param("kv_transfer_params"));
+            }
+            let key = if let Some(b) = &p.disagg.bootstrap {
+                Some(pd::room_key(b.room))
+            } else if p
+                .disagg
+                .kv_transfer_params
+                .as_ref()
+                .and_then(|k| k.get("do_remote_decode"))
+                .and_then(serde_json::Value::as_bool)
+                == Some(true)
+            {
+                Some(format!("{}-{id}", s.engine_id))
+            } else {
+                None
+            };
+            if let Some(k) = &key
+                && p.disagg.bootstrap.is_none()
+            {
+                let (host, port) = &s.advertise;
+                kv_params = Some(pd::prefill_response_params(
+                    host,
+                    *port,
+                    k,
+                    &s.engine_id,
+                    &hashes,
+                    s.tp,
+                ));
+            }
+            Mode::Prefill { key }
+        }
+        Role::Decode => match remote {
+            None => Mode::Local,
+            Some(remote) => {
+                let info = pd::pull(&s.client, &remote, s.pull_wait)
+                    .await
+                    .map_err(|e| {
+                        s.pd_counters.pull_failures.fetch_add(1, Ordering::Relaxed);
+                        ApiError::new(StatusCode::BAD_GATEWAY, format!("KV transfer failed: {e}"))
+                    })?;
+                if info.prompt_tokens != tokens.len() as u32 {
+                    return Err(ApiError::bad(format!(
+                        "kv_transfer_params refer to a prompt of {} tokens; this request's \
+                         prompt has {} tokens",
+                        info.prompt_tokens,
+                        tokens.len()
+                    ))
+                    .with_param("kv_transfer_params"));
+                }
+                // The prefill worker made the first token; this engine makes the rest and
+                // streams every token the client sees.
+                engine_out = max_out + 1;
+                Mode::Remote { remote, info }
+            }
+        },
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     let (reply, wait) = oneshot::channel();
     let prompt_len = tokens.len() as u32;
@@ -768,7 +1388,9 @@ async fn admit(
             id,
             tokens,
             hashes,
+            engine_out,
             max_out,
+            mode,
             tx,
             reply,
         })
@@ -789,6 +1411,7 @@ async fn admit(
             prompt_tokens: prompt_len,
             max_out,
             cached,
+            kv_params,
         },
     ))
 }
@@ -800,6 +1423,7 @@ struct Ctx {
     created: u64,
     chat: bool,
     usage: serde_json::Value,
+    kv_params: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -873,16 +1497,23 @@ impl StreamState {
                 },
                 Phase::Usage => {
                     self.phase = Phase::Done;
-                    if self.include_usage {
+                    if self.include_usage || self.ctx.kv_params.is_some() {
                         let c = &self.ctx;
                         let obj = if c.chat {
                             "chat.completion.chunk"
                         } else {
                             "text_completion"
                         };
+                        let mut extra = String::new();
+                        if self.include_usage {
+                            extra.push_str(&format!(",\"usage\":{}", c.usage));
+                        }
+                        if let Some(k) = &c.kv_params {
+                            extra.push_str(&format!(",\"kv_transfer_params\":{k}"));
+                        }
                         return Some(format!(
-                            "data: {{\"id\":\"{}\",\"object\":\"{obj}\",\"created\":{},\"model\":{},\"choices\":[],\"usage\":{}}}\n\n",
-                            c.id, c.created, c.model, c.usage
+                            "data: {{\"id\":\"{}\",\"object\":\"{obj}\",\"created\":{},\"model\":{},\"choices\":[]{extra}}}\n\n",
+                            c.id, c.created, c.model
                         ));
                     }
                 }
@@ -894,6 +1525,46 @@ impl StreamState {
             }
         }
     }
+}
+
+/// `POST /kv_transfer/pull {"key"}`: the KV's prompt length and this engine's link, once held.
+async fn kv_pull(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let Ok(k) = serde_json::from_slice::<pd::KeyBody>(&body) else {
+        return ApiError::unprocessable("key", "expected {\"key\": \"...\"}").into_response();
+    };
+    if s.role != Role::Prefill {
+        return ApiError::bad("this worker is not a prefill worker: it holds no KV to pull")
+            .into_response();
+    }
+    let (reply, wait) = oneshot::channel();
+    if s.cmd.send(Cmd::Pull { key: k.key, reply }).is_err() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "engine is not running")
+            .into_response();
+    }
+    match wait.await {
+        Ok(Ok(info)) => axum::Json(info).into_response(),
+        Ok(Err(e)) => ApiError::new(StatusCode::NOT_FOUND, e).into_response(),
+        Err(_) => {
+            s.pd_counters.pull_failures.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timed out waiting for the prefill to finish",
+            )
+            .into_response()
+        }
+    }
+}
+
+/// `POST /kv_transfer/release {"key"}`: the decode side has the KV (or gave up): free it.
+async fn kv_release(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let Ok(k) = serde_json::from_slice::<pd::KeyBody>(&body) else {
+        return ApiError::unprocessable("key", "expected {\"key\": \"...\"}").into_response();
+    };
+    if s.cmd.send(Cmd::Release { key: k.key }).is_err() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "engine is not running")
+            .into_response();
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
@@ -974,6 +1645,12 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         );
         put("steps_total", "counter", "Engine steps.", st.steps as f64);
         put(
+            "num_requests_awaiting_kv",
+            "gauge",
+            "Decode role: requests waiting for their KV transfer.",
+            l.awaiting_kv as f64,
+        );
+        put(
             "busy_seconds_total",
             "counter",
             "Simulated GPU busy time.",
@@ -991,6 +1668,62 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
             "Sequences preempted.",
             st.preemptions as f64,
         );
+    }
+    let c = &s.pd_counters;
+    let ld = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    for (name, kind, help, v) in [
+        (
+            "kv_held_requests",
+            "gauge",
+            "Prefill role: finished prefills holding KV for a pull.",
+            ld(&c.held),
+        ),
+        (
+            "kv_hold_timeouts_total",
+            "counter",
+            "Prefill role: held KV freed by the hold timeout.",
+            ld(&c.hold_timeouts),
+        ),
+        (
+            "kv_pulls_served_total",
+            "counter",
+            "Prefill role: KV pulls answered.",
+            ld(&c.pulls_served),
+        ),
+        (
+            "kv_pull_failures_total",
+            "counter",
+            "KV pulls that failed (unknown key, timeout, unreachable prefill).",
+            ld(&c.pull_failures),
+        ),
+        (
+            "kv_transfers_in_flight",
+            "gauge",
+            "Decode role: KV transfers in progress.",
+            ld(&c.transfers_in_flight),
+        ),
+        (
+            "kv_transfers_total",
+            "counter",
+            "Decode role: KV transfers completed.",
+            ld(&c.transfers_done),
+        ),
+        (
+            "kv_transfer_bytes_total",
+            "counter",
+            "Decode role: KV bytes transferred (simulated).",
+            ld(&c.transfer_bytes),
+        ),
+        (
+            "local_prefills_total",
+            "counter",
+            "Decode role: requests prefilled locally (no remote KV).",
+            ld(&c.local_prefills),
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP switchyard_worker_{name} {help}\n# TYPE switchyard_worker_{name} {kind}\nswitchyard_worker_{name} {v}\n"
+        ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

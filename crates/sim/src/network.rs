@@ -52,6 +52,27 @@ impl Network {
         self.flows.len()
     }
 
+    /// Add a link with `bw` usable bytes/s; returns its index (live workers learn their
+    /// peers' links as transfers arrive).
+    pub fn add_link(&mut self, bw: f64) -> usize {
+        self.link_bw.push(bw);
+        self.per_link.push(0);
+        self.link_bw.len() - 1
+    }
+
+    /// Drop transfer `id` at time `at` (its receiver went away); the others speed up.
+    /// Returns whether it was in flight.
+    pub fn cancel(&mut self, id: u64, at: f64) -> bool {
+        self.progress_to(at);
+        let before = self.flows.len();
+        self.flows.retain(|f| f.id != id);
+        let found = self.flows.len() != before;
+        if found {
+            self.rerate();
+        }
+        found
+    }
+
     /// Start moving `bytes` from worker `src` to worker `dst` at time `at` (≥ every earlier
     /// call's time). Completions before `at` must have been collected with [`Network::advance`].
     pub fn start(&mut self, id: u64, src: usize, dst: usize, bytes: f64, at: f64) {
@@ -188,5 +209,21 @@ mod tests {
         assert!(done.is_empty());
         n.advance(3.0, &mut done);
         assert_eq!(done, vec![Completed { id: 9, at: 2.25 }]);
+    }
+
+    #[test]
+    fn cancel_frees_the_link_and_added_links_share() {
+        let mut n = Network::new(vec![100.0], 0.0);
+        let remote = n.add_link(100.0);
+        assert_eq!(remote, 1);
+        n.start(1, remote, 0, 100.0, 0.0);
+        n.start(2, remote, 0, 100.0, 0.0);
+        let mut done = vec![];
+        n.advance(0.5, &mut done); // 25 bytes each at 50 B/s
+        assert!(n.cancel(2, 0.5));
+        assert!(!n.cancel(2, 0.5));
+        n.advance(100.0, &mut done);
+        // Flow 1: 75 bytes left at the full 100 B/s -> 1.25.
+        assert_eq!(done, vec![Completed { id: 1, at: 1.25 }]);
     }
 }
