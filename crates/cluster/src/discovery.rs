@@ -57,6 +57,11 @@ impl DiscoveryConfig {
             backoff_max: Duration::from_secs(5),
         }
     }
+
+    /// Defaults for `etcd://HOST:PORT[,HOST:PORT...]` (the `--discovery` flag's value).
+    pub fn from_url(url: &str) -> Result<Self, ClusterError> {
+        Ok(DiscoveryConfig::new(crate::parse_etcd_endpoints(url)?))
+    }
 }
 
 /// A running watch of the worker prefix. Dropping it stops the watch.

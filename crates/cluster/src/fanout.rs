@@ -53,6 +53,32 @@ pub struct Prediction {
     pub at: f64,
 }
 
+/// A replica id unique on one machine and across pods: `<hostname>-<port>` (Kubernetes sets
+/// the hostname to the pod name), reduced to `[A-Za-z0-9_-]`.
+pub fn default_replica_id(port: u16) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_else(|| "replica".to_string());
+    let mut id: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    if id.is_empty() {
+        id.push_str("replica");
+    }
+    format!("{id}-{port}")
+}
+
 /// Fan-out settings; [`FanoutConfig::new`] holds the defaults.
 #[derive(Clone, Debug)]
 pub struct FanoutConfig {
@@ -1083,6 +1109,16 @@ mod tests {
         );
         assert_eq!(peers["b"].counts["w"][&0], 1);
         assert_eq!(peers["b"].expires, now + Duration::from_secs(3));
+    }
+
+    #[test]
+    fn default_replica_id_is_a_valid_token() {
+        let id = default_replica_id(8000);
+        assert!(id.ends_with("-8000"), "{id}");
+        assert!(
+            validate(&FanoutConfig::new("nats://h:4222", &id)).is_ok(),
+            "{id}"
+        );
     }
 
     #[test]

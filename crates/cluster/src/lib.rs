@@ -15,6 +15,40 @@
 //! backoff. Nothing panics on bad input from the network.
 //!
 //! See `docs/cluster.md` for the consistency model and failure modes.
+//!
+//! # Wiring (what `serve` and `worker` call)
+//!
+//! ```no_run
+//! use switchyard_cluster::*;
+//! # async fn demo() -> Result<(), ClusterError> {
+//! // worker --register etcd://127.0.0.1:2379
+//! let mut rec = WorkerRecord::new("http://127.0.0.1:8001", Role::Prefill);
+//! rec.kv_events = Some("tcp://127.0.0.1:5557".into());
+//! let reg = Registration::start(RegisterConfig::from_url("etcd://127.0.0.1:2379")?, rec)?;
+//! // ... on SIGTERM: reg.shutdown().await (revokes the lease).
+//!
+//! // serve --discovery etcd://127.0.0.1:2379
+//! let mut disc = Discovery::watch(DiscoveryConfig::from_url("etcd://127.0.0.1:2379")?)?;
+//! let etcd_health = disc.health(); // watch::Receiver<LinkHealth>, for /ready and /metrics
+//! tokio::spawn(async move {
+//!     while let Some(ev) = disc.recv().await {
+//!         match ev {
+//!             MembershipEvent::Upsert(r) => { /* add or replace worker r.id: r.worker_spec() */ }
+//!             MembershipEvent::Remove(id) => { /* remove worker id and its KV entries */ }
+//!         }
+//!     }
+//! });
+//!
+//! // serve --nats nats://127.0.0.1:4222
+//! let mut fan = Fanout::connect("nats://127.0.0.1:4222", &default_replica_id(8000), "switchyard").await?;
+//! let mut predictions = fan.take_predictions().expect("first take");
+//! fan.publish_prediction("http://127.0.0.1:8001", 0, &[0x1234, 0x5678]); // after routing
+//! fan.inflight_add("http://127.0.0.1:8001", 0, 1);  // request started
+//! fan.inflight_add("http://127.0.0.1:8001", 0, -1); // request finished
+//! let others = fan.remote_inflight("http://127.0.0.1:8001", 0); // add to the load estimate
+//! # let _ = (reg, etcd_health, others, predictions.recv().await);
+//! # Ok(()) }
+//! ```
 
 mod backoff;
 pub mod discovery;
@@ -23,7 +57,7 @@ pub mod record;
 pub mod register;
 
 pub use discovery::{Discovery, DiscoveryConfig, MembershipEvent};
-pub use fanout::{Fanout, FanoutConfig, FanoutStats, Prediction};
+pub use fanout::{Fanout, FanoutConfig, FanoutStats, Prediction, default_replica_id};
 pub use record::{Role, WorkerRecord};
 pub use register::{
     HealthGate, RegisterArgs, RegisterConfig, Registration, RegistrationState, run_register,

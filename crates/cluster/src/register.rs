@@ -80,6 +80,11 @@ impl RegisterConfig {
             backoff_max: Duration::from_secs(5),
         }
     }
+
+    /// Defaults for `etcd://HOST:PORT[,HOST:PORT...]` (the `--register` flag's value).
+    pub fn from_url(url: &str) -> Result<Self, ClusterError> {
+        Ok(RegisterConfig::new(parse_etcd_endpoints(url)?))
+    }
 }
 
 /// Where a registration stands (observable through [`Registration::state`]).
