@@ -108,6 +108,17 @@ impl WorkerRecord {
                 self.url
             )));
         }
+        let host = self
+            .url
+            .split_once("://")
+            .map(|(_, r)| r.split('/').next().unwrap_or(""))
+            .unwrap_or("");
+        if host.starts_with("0.0.0.0") || host.starts_with("[::]") {
+            return Err(ClusterError::BadRecord(format!(
+                "url {:?} names a wildcard address; advertise one other hosts can reach",
+                self.url
+            )));
+        }
         if let Some(ep) = &self.kv_events
             && !ep.starts_with("tcp://")
         {
@@ -214,6 +225,8 @@ mod tests {
             br#"{"id":"w","url":"http://h","kv_events":"udp://h:1"}"#,
             br#"{"id":"w","url":"http://h","dp_size":0}"#,
             br#"{"id":"w"}"#,
+            br#"{"id":"w","url":"http://0.0.0.0:8000"}"#,
+            br#"{"id":"w","url":"http://[::]:8000"}"#,
         ] {
             assert!(WorkerRecord::from_json("w", bad).is_err(), "{bad:?}");
         }

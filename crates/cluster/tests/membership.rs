@@ -233,6 +233,54 @@ async fn health_gated_sidecar_follows_engine_health() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_command_runs_the_sidecar() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: switchyard_cluster::RegisterArgs,
+    }
+    let etcd = Etcd::start();
+    let mut d = discovery(&etcd.endpoint());
+    let status = Arc::new(AtomicU16::new(200));
+    let port = health_server(status.clone()).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let cli = Cli::parse_from([
+        "register",
+        "--url",
+        &url,
+        "--role",
+        "decode",
+        "--kv-events",
+        "tcp://127.0.0.1:5599",
+        "--etcd",
+        &format!("etcd://127.0.0.1:{}", etcd.port),
+        "--ttl",
+        "3",
+        "--health-interval",
+        "0.2",
+        "--id",
+        "vllm-0",
+    ]);
+    let task = tokio::spawn(switchyard_cluster::run_register(cli.args));
+    match next_event(&mut d, Duration::from_secs(3)).await {
+        MembershipEvent::Upsert(r) => {
+            assert_eq!(r.id, "vllm-0");
+            assert_eq!(r.url, url);
+            assert_eq!(r.role, Role::Decode);
+            assert_eq!(r.kv_events.as_deref(), Some("tcp://127.0.0.1:5599"));
+        }
+        other => panic!("{other:?}"),
+    }
+    status.store(503, Ordering::Relaxed);
+    assert_eq!(
+        next_event(&mut d, Duration::from_secs(3)).await,
+        MembershipEvent::Remove("vllm-0".into())
+    );
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_outage_keeps_membership_and_recovery_emits_the_diff() {
     let mut etcd = Etcd::start();
     let ep = etcd.endpoint();
