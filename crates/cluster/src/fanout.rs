@@ -504,7 +504,9 @@ async fn publisher(
     let predict_subject = format!("{}.predict.{}", cfg.subject_prefix, cfg.replica_id);
     let load_subject = format!("{}.load.{}", cfg.subject_prefix, cfg.replica_id);
     let expiry_ms = u32::try_from(cfg.expiry.as_millis()).unwrap_or(u32::MAX);
-    let mut seq = 0u64;
+    // One sequence per subject: receivers check gaps per subject (only load notes need it).
+    let mut predict_seq = 0u64;
+    let mut load_seq = 0u64;
     let mut tick = tokio::time::interval(cfg.snapshot_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let c = &shared.counters;
@@ -520,27 +522,28 @@ async fn publisher(
                     c.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                seq += 1;
                 match o {
                     Outgoing::Prediction { worker, dp_rank, hashes, at } => {
-                        let h = Header { replica: &cfg.replica_id, incarnation, seq, at };
+                        predict_seq += 1;
+                        let h = Header { replica: &cfg.replica_id, incarnation, seq: predict_seq, at };
                         (&predict_subject, encode_prediction(&h, &worker, dp_rank, &hashes))
                     }
                     Outgoing::Delta { worker, dp_rank, delta, at } => {
-                        let h = Header { replica: &cfg.replica_id, incarnation, seq, at };
+                        load_seq += 1;
+                        let h = Header { replica: &cfg.replica_id, incarnation, seq: load_seq, at };
                         (&load_subject, encode_delta(&h, &worker, dp_rank, delta))
                     }
                 }
             }
             _ = tick.tick() => {
                 if !connected(&client) { continue; }
-                seq += 1;
-                let h = Header { replica: &cfg.replica_id, incarnation, seq, at: unix_now() };
+                load_seq += 1;
+                let h = Header { replica: &cfg.replica_id, incarnation, seq: load_seq, at: unix_now() };
                 (&load_subject, snapshot_note(&h, &shared, expiry_ms))
             }
             _ = resnap.notified() => {
-                seq += 1;
-                let h = Header { replica: &cfg.replica_id, incarnation, seq, at: unix_now() };
+                load_seq += 1;
+                let h = Header { replica: &cfg.replica_id, incarnation, seq: load_seq, at: unix_now() };
                 (&load_subject, snapshot_note(&h, &shared, expiry_ms))
             }
         };

@@ -227,7 +227,17 @@ pub(crate) fn unix_now() -> f64 {
 }
 
 pub(crate) fn log(component: &str, msg: std::fmt::Arguments<'_>) {
-    eprintln!("switchyard-cluster {component}: {msg}");
+    let mut line = msg.to_string();
+    // gRPC transport errors nest several sources; a log line needs the first few.
+    if line.len() > 240 {
+        let mut cut = 240;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push('…');
+    }
+    eprintln!("switchyard-cluster {component}: {line}");
 }
 
 #[cfg(test)]

@@ -173,6 +173,9 @@ async fn notes_reach_other_replicas_within_milliseconds_and_not_the_sender() {
     );
     assert_eq!(c.remote_inflight("http://w2:8000", 1), 0);
     assert_eq!(b.stats().decode_errors, 0);
+    // Predictions and load notes interleaved, nothing lost on loopback: no sequence gaps.
+    assert_eq!(b.stats().seq_gaps, 0);
+    assert_eq!(c.stats().seq_gaps, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
