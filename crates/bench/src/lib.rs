@@ -19,6 +19,7 @@ pub mod args;
 pub mod arrival;
 pub mod client;
 mod error;
+pub mod priority;
 pub mod prompt;
 pub mod report;
 mod run;
@@ -112,11 +113,16 @@ pub fn run_cli(args: &BenchArgs) -> Result<BenchOutcome, BenchError> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .map_err(BenchError::Runtime)?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(threads).enable_all();
+    if args.realtime {
+        // The threads that send and read requests; the dispatcher raises itself (and reports
+        // whether the OS allowed it).
+        builder.on_thread_start(|| {
+            let _ = priority::set_current_thread_realtime();
+        });
+    }
+    let rt = builder.build().map_err(BenchError::Runtime)?;
     // Validate the workload (and show its warnings) before touching the network.
     let w = workload::Workload::from_args(args)?;
     for warning in &w.warnings {

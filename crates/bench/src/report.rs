@@ -151,6 +151,14 @@ pub fn render(a: &BenchArgs, o: &BenchOutcome) -> String {
             ms(w.p50),
             ms(w.p99)
         );
+        if let Some(p) = &c.dispatcher_priority {
+            let hint = if p.starts_with("normal") {
+                "; --realtime lets the OS run the client first"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  client thread priority: {p}{hint}");
+        }
     }
     if let Some(q) = &c.client_queue {
         let ov = c.dispatch_overhead.as_ref();

@@ -29,6 +29,7 @@ use crate::client::{
     BodyBuilder, Client, Clock, RequestMeta, build_headers, http_client, secs_to_duration,
 };
 use crate::error::BenchError;
+use crate::priority::RealtimeGuard;
 use crate::workload::Workload;
 
 /// Stops a running benchmark (Ctrl-C, tests). Cloneable; stopping twice is harmless.
@@ -87,6 +88,8 @@ pub struct ClientStats {
     /// is a short lead before the send time), seconds. The OS scheduler's share of the dispatch
     /// lag when it exceeds the lead.
     pub dispatcher_wake: Option<Stats>,
+    /// Open loop: the dispatcher thread's scheduling (see [`crate::priority`]).
+    pub dispatcher_priority: Option<String>,
     /// Time spent waiting for a `--concurrency` slot (capped open-loop runs), seconds.
     pub client_queue: Option<Stats>,
     /// Requests in flight when the run was stopped (not in the statistics).
@@ -130,6 +133,8 @@ struct Shared {
     abandoned: AtomicU64,
     output_tokens: AtomicU64,
     ttfts: Mutex<Vec<f64>>,
+    /// Set by the open-loop dispatcher once it knows its scheduling.
+    dispatcher_priority: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -397,6 +402,7 @@ pub async fn execute(
         abandoned: AtomicU64::new(0),
         output_tokens: AtomicU64::new(0),
         ttfts: Mutex::new(Vec::new()),
+        dispatcher_priority: Mutex::new(None),
     });
 
     let progress = spawn_progress(args.progress, shared.clone(), workload.count);
@@ -432,8 +438,9 @@ pub async fn execute(
     } else {
         let handle = tokio::runtime::Handle::current();
         let (sh, wl, dur) = (shared.clone(), workload.clone(), args.duration);
+        let realtime = args.realtime;
         let dispatcher =
-            tokio::task::spawn_blocking(move || dispatch_open(sh, wl, gaps, dur, handle));
+            tokio::task::spawn_blocking(move || dispatch_open(sh, wl, gaps, dur, realtime, handle));
         tokio::select! {
             _ = dispatcher => {}
             _ = stop.stopped() => {}
@@ -480,6 +487,11 @@ pub async fn execute(
         started_unix,
     );
     client.cached_reported = cached_reported;
+    client.dispatcher_priority = shared
+        .dispatcher_priority
+        .lock()
+        .ok()
+        .and_then(|p| p.clone());
     let client_queue = samples
         .iter()
         .map(|s| (s.slot - s.record.scheduled).max(0.0))
@@ -519,6 +531,7 @@ fn client_stats(
         dispatch_overhead: Stats::from_values(&mut overhead),
         client_queue: Stats::from_values(&mut queue),
         dispatcher_wake: Stats::from_values(&mut wake),
+        dispatcher_priority: None,
         abandoned,
         not_sent,
         interrupted,
@@ -540,8 +553,14 @@ fn dispatch_open(
     workload: Arc<Workload>,
     mut gaps: Option<Gaps>,
     duration: Option<f64>,
+    realtime: bool,
     handle: tokio::runtime::Handle,
 ) {
+    // Dropped (previous policy restored) when this pooled thread is done dispatching.
+    let priority = RealtimeGuard::acquire(realtime);
+    if let Ok(mut p) = shared.dispatcher_priority.lock() {
+        *p = Some(priority.priority().describe());
+    }
     let mut t = 0.0;
     let mut i: u64 = 0;
     let mut prev_at = 0.0;

@@ -67,6 +67,30 @@ async fn fixed_schedule_is_kept_within_a_millisecond() {
         o.report
     );
     assert!(o.report.contains("Dispatch lag (sent - scheduled): p50"));
+    // Normal priority unless asked for.
+    let p = o.client.dispatcher_priority.as_deref().unwrap_or_default();
+    assert!(p.starts_with("normal"), "{p}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_dispatcher_is_reported_and_keeps_the_schedule() {
+    let server = common::start(Config::default()).await;
+    let lines: Vec<(u64, u32, u32, &str)> = (0..20).map(|i| (i * 10, 64, 4, "[1]")).collect();
+    let f = trace_file(&lines);
+    let mut a = args(&server.url);
+    a.trace = Some(f.path().to_path_buf());
+    a.realtime = true;
+    let o = run(&a, StopHandle::new()).await.unwrap();
+    assert_eq!(o.summary.completed, 20, "{}", o.report);
+    // Granted (root / CAP_SYS_NICE) or refused with the reason; the run goes on either way.
+    let p = o.client.dispatcher_priority.as_deref().unwrap_or_default();
+    assert!(
+        p == "real-time (SCHED_FIFO 1)" || p.starts_with("normal (--realtime"),
+        "{p}"
+    );
+    for r in &o.records {
+        assert!(r.dispatch_lag() >= 0.0 && r.dispatch_lag() < 0.050);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
