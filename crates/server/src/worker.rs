@@ -647,7 +647,7 @@ struct Driver {
 }
 
 /// Real-time lateness up to which back-to-back steps keep the engine's own timeline.
-const CATCH_UP: Duration = Duration::from_millis(5);
+const CATCH_UP: Duration = Duration::from_millis(25);
 
 impl Driver {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, speedup: f64) {
