@@ -86,6 +86,19 @@ def cmd_openai(a):
     # 16 blocks cached; the last is recomputed (vLLM computes at least one prompt token).
     check(cached == 240, f"repeated prompt never hit the cache (workers {workers})")
 
+    # A long prompt (in a disaggregated deployment: prefilled remotely, then decoded).
+    long = list(range(50_000, 50_000 + 2048))
+    n, usage = 0, None
+    for chunk in client.completions.create(
+        model=a.model, prompt=long, max_tokens=8, stream=True,
+        stream_options={"include_usage": True},
+    ):
+        if chunk.usage is not None:
+            usage = chunk.usage
+        n += len(chunk.choices)
+    check(n == 8, f"long prompt: {n} chunks")
+    check(usage.prompt_tokens == 2048 and usage.completion_tokens == 8, f"long prompt usage {usage}")
+
     # Errors surface as the client's typed exceptions.
     try:
         client.completions.create(model="no-such-model", prompt="x", max_tokens=1)

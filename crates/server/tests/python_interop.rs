@@ -62,6 +62,35 @@ async fn run_py(py: PathBuf, args: Vec<String>) {
     eprintln!("{text}");
 }
 
+/// The openai client against a disaggregated deployment (the seed experiments' 6 prefill +
+/// 2 decode recipe), with each P/D protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_client_through_disaggregated_serve() {
+    let Some(py) = python() else { return };
+    for protocol in [
+        switchyard_server::serve::PdProtocol::Vllm,
+        switchyard_server::serve::PdProtocol::Sglang,
+    ] {
+        let s = start_serve(&ServeArgs {
+            config: Some(root().join("recipes/qwen3-32b-h200/disagg-kv.toml")),
+            speedup: 1e4,
+            pd_protocol: protocol,
+            ..ServeArgs::default()
+        })
+        .await
+        .unwrap();
+        run_py(py.clone(), vec!["openai".into(), "--base".into(), s.url()]).await;
+        let (_, m) = get(&format!("{}/metrics", s.url())).await;
+        // The client's long prompts went through a prefill worker.
+        let remote: f64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("switchyard_pd_requests_total{placement=\"remote\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert!(remote >= 1.0, "{protocol:?}: no remote prefill:\n{m}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_client_through_serve() {
     let Some(py) = python() else { return };
