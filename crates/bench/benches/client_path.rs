@@ -7,10 +7,7 @@ use switchyard_bench::prompt::{Renderer, trace_blocks};
 use switchyard_bench::sse::SseParser;
 
 fn bodies(c: &mut Criterion) {
-    let r = Renderer {
-        seed: 0,
-        vocab_size: 32000,
-    };
+    let r = Renderer::new(0, 32000);
     // A typical Mooncake conversation request: 12,000 tokens in 24 blocks.
     let ids: Vec<u64> = (0..24).collect();
     let blocks = trace_blocks(&ids, 12_000, 512, 0);

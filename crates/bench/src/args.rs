@@ -15,6 +15,9 @@ const EXAMPLES: &str = "Examples:
       --extra '{\"ignore_eos\":true}'
   # 32 concurrent users, chat API, for 60 seconds
   switchyard bench --endpoint chat --dataset prefix-groups --concurrency 32 --duration 60
+  # Text prompts of exact lengths for the served model (a local Hugging Face model directory)
+  switchyard bench --endpoint chat --trace data/mooncake_conversation.jsonl.gz --end 60 \\
+      --tokenizer ~/models/Qwen3-8B
 
 Times: every SSE chunk is stamped when read off the socket. TTFT, E2E are measured from the
 actual send and also from the scheduled send; dispatch lag (actual - scheduled) is reported.
@@ -60,7 +63,7 @@ pub enum Dataset {
 pub enum PromptMode {
     /// Token-id arrays on /v1/completions: exact lengths, no tokenizer needed.
     Tokens,
-    /// Words (about one token each): needed for chat; lengths are approximate.
+    /// Words: needed for chat; about one token each, exactly one with --tokenizer.
     Text,
 }
 
@@ -164,11 +167,21 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE", help_heading = "Workload")]
     pub dataset_path: Option<PathBuf>,
 
-    /// Prompt encoding [default: tokens on completions, text on chat]. Text prompts use about
-    /// one word per token, so the server's token counts only approximate the requested lengths
-    /// (the report uses the server's usage.prompt_tokens when sent).
+    /// Prompt encoding [default: tokens on completions, text on chat]. Without --tokenizer,
+    /// text prompts use about one word per token, so the server's token counts only
+    /// approximate the requested lengths (the report uses the server's usage.prompt_tokens
+    /// when sent).
     #[arg(long, value_enum, help_heading = "Workload")]
     pub prompt: Option<PromptMode>,
+
+    /// The served model's tokenizer: a tokenizer.json or a Hugging Face model directory (read
+    /// locally, nothing downloaded). Text prompts are then built from words that are exactly
+    /// one token each under it, so their lengths are exact (the chat template adds its own
+    /// tokens on /v1/chat/completions) and equal trace hash_ids give identical text; token-id
+    /// prompts use the same words' ids (--vocab-size is unused); ShareGPT lengths are counted
+    /// with it instead of estimated at 4 characters per token.
+    #[arg(long, value_name = "PATH", help_heading = "Workload")]
+    pub tokenizer: Option<PathBuf>,
 
     /// Number of requests [default: all trace lines in range; 1000 for random and sharegpt;
     /// groups x prompts-per-group for prefix-groups]. Smaller lists are cycled.
@@ -185,7 +198,7 @@ pub struct BenchArgs {
     pub seed: u64,
 
     /// Token ids of generated prompts are drawn from [1000, VOCAB): keep it at or below the
-    /// model's vocabulary size.
+    /// model's vocabulary size (unused with --tokenizer).
     #[arg(
         long,
         value_name = "VOCAB",

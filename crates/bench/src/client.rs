@@ -632,16 +632,13 @@ mod tests {
 
     #[test]
     fn bodies_are_valid_json_with_extra_merged() {
-        let r = Renderer {
-            seed: 0,
-            vocab_size: 32000,
-        };
+        let r = Renderer::new(0, 32000);
         let extra: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(r#"{"ignore_eos":true,"stream":false}"#).unwrap();
         let b = BodyBuilder::new(
             Endpoint::Completions,
             PromptMode::Tokens,
-            r,
+            r.clone(),
             "m",
             true,
             Some(&extra),

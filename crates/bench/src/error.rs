@@ -9,6 +9,8 @@ pub enum BenchError {
     Arg(String),
     #[error(transparent)]
     Trace(#[from] switchyard_trace::TraceError),
+    #[error(transparent)]
+    Tokenizer(#[from] switchyard_tokenize::TokenizeError),
     #[error("{path}: {message}")]
     Dataset { path: PathBuf, message: String },
     #[error(

@@ -16,6 +16,16 @@
 //!   single token, so a block of `k` words is close to `k` tokens. It is an approximation: the
 //!   server's tokenizer decides, and the chat template adds its own tokens. Reported input
 //!   tokens come from the server's `usage.prompt_tokens` whenever it sends them.
+//!
+//! With the served model's tokenizer (`--tokenizer`), both renderings draw from the same set of
+//! words that are exactly one token each under it ([`WordPieces`]): the token ids are those
+//! words' ids and the text is their decoding, so a block of `k` positions is exactly `k` tokens
+//! in both forms, and token boundaries fall between words (a block tokenizes the same whatever
+//! precedes it: equal keys are equal token blocks at the server too).
+
+use std::sync::Arc;
+
+use switchyard_tokenize::WordPieces;
 
 /// Lowest token id used in token-id prompts.
 pub const TOKEN_ID_MIN: u32 = 1000;
@@ -56,14 +66,35 @@ pub struct Block {
 }
 
 /// How prompts are rendered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Renderer {
     pub seed: u64,
-    /// Token ids are drawn from `[TOKEN_ID_MIN, vocab_size)`.
+    /// Token ids are drawn from `[TOKEN_ID_MIN, vocab_size)` (without `words`).
     pub vocab_size: u32,
+    /// The served model's single-token words: token ids and words are drawn from these
+    /// instead (exact token counts for text).
+    pub words: Option<Arc<WordPieces>>,
 }
 
 impl Renderer {
+    /// Token ids from `[TOKEN_ID_MIN, vocab_size)`, text from [`WORDS`].
+    pub fn new(seed: u64, vocab_size: u32) -> Renderer {
+        Renderer {
+            seed,
+            vocab_size,
+            words: None,
+        }
+    }
+
+    /// Token ids and text from a tokenizer's single-token words.
+    pub fn with_words(seed: u64, words: Arc<WordPieces>) -> Renderer {
+        Renderer {
+            seed,
+            vocab_size: 0,
+            words: Some(words),
+        }
+    }
+
     /// Per-block base of the position hash (hoisted out of the per-token loop).
     #[inline]
     fn base(&self, block_key: u64) -> u64 {
@@ -78,13 +109,25 @@ impl Renderer {
 
     #[inline]
     fn token_from(&self, base: u64, pos: u32) -> u32 {
-        let span = u64::from(self.vocab_size.saturating_sub(TOKEN_ID_MIN).max(1));
-        TOKEN_ID_MIN + Self::reduce(mix(base ^ u64::from(pos)), span) as u32
+        let h = mix(base ^ u64::from(pos));
+        match &self.words {
+            // WordPieces are never empty (built values have at least one word).
+            Some(w) => w.ids[Self::reduce(h, w.ids.len() as u64) as usize],
+            None => {
+                let span = u64::from(self.vocab_size.saturating_sub(TOKEN_ID_MIN).max(1));
+                TOKEN_ID_MIN + Self::reduce(h, span) as u32
+            }
+        }
     }
 
     #[inline]
-    fn word_from(&self, base: u64, pos: u32) -> &'static str {
-        WORDS[Self::reduce(mix(base ^ u64::from(pos)), WORDS.len() as u64) as usize]
+    fn word_from(&self, base: u64, pos: u32) -> &str {
+        let h = mix(base ^ u64::from(pos));
+        match &self.words {
+            // Each word is " " + letters: the same position picks the same id and word.
+            Some(w) => &w.words[Self::reduce(h, w.words.len() as u64) as usize][1..],
+            None => WORDS[Self::reduce(h, WORDS.len() as u64) as usize],
+        }
     }
 
     /// Token id at `pos` of block `key`.
@@ -93,7 +136,7 @@ impl Renderer {
     }
 
     /// Word at `pos` of block `key` (without the leading space).
-    pub fn word(&self, block_key: u64, pos: u32) -> &'static str {
+    pub fn word(&self, block_key: u64, pos: u32) -> &str {
         self.word_from(self.base(block_key), pos)
     }
 
@@ -229,6 +272,7 @@ mod tests {
     const R: Renderer = Renderer {
         seed: 0,
         vocab_size: 32000,
+        words: None,
     };
 
     #[test]
@@ -257,7 +301,10 @@ mod tests {
 
     #[test]
     fn seed_changes_content_and_tail_is_unique() {
-        let other = Renderer { seed: 1, ..R };
+        let other = Renderer {
+            seed: 1,
+            ..R.clone()
+        };
         let b = trace_blocks(&[5], 100, 512, 0);
         assert_ne!(R.tokens(&b), other.tokens(&b));
         // Too few hash ids: the rest is unique per request.

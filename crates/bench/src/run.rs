@@ -362,7 +362,7 @@ pub async fn execute(
     let body = BodyBuilder::new(
         args.endpoint,
         workload.prompt,
-        workload.renderer,
+        workload.renderer.clone(),
         &model,
         stream,
         extra.as_ref(),

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::args::{BenchArgs, Dataset, Endpoint, PromptMode};
 use crate::error::BenchError;
 use crate::prompt::{Block, Renderer, key, space, trace_blocks};
+use switchyard_tokenize::{Tokenizer, WordPieces};
 
 /// Requests of synthetic workloads when neither `--requests` nor `--duration` is given
 /// (`vllm bench serve`'s `--num-prompts` default).
@@ -28,6 +29,9 @@ pub const SHAREGPT_MAX_TOTAL: u32 = 2048;
 /// Without a tokenizer, ShareGPT text lengths are estimated at this many characters per
 /// token (the usual rule of thumb for English with BPE vocabularies).
 pub const CHARS_PER_TOKEN: f64 = 4.0;
+/// With `--tokenizer`, fewer single-token words than this is worth a warning: positions of
+/// distinct blocks then agree more often (each position is one of this many words).
+pub const MIN_TOKENIZER_WORDS: usize = 256;
 /// Longest prompt we build (tokens): beyond every current context window, and a guard against
 /// typos that would allocate gigabytes.
 pub const MAX_PROMPT_TOKENS: u64 = 10_000_000;
@@ -142,11 +146,32 @@ impl Workload {
     pub fn from_args(a: &BenchArgs) -> Result<Workload, BenchError> {
         let dataset = resolve_dataset(a)?;
         let prompt = resolve_prompt(a, dataset)?;
-        let renderer = Renderer {
-            seed: a.seed,
-            vocab_size: a.vocab_size,
+        let tokenizer = match &a.tokenizer {
+            Some(p) => Some(Tokenizer::load(p)?),
+            None => None,
         };
-        if a.vocab_size <= crate::prompt::TOKEN_ID_MIN {
+        let mut tokenizer_warnings = Vec::new();
+        let renderer = match &tokenizer {
+            Some(t) => {
+                let words = WordPieces::build(t)?;
+                if !words.exact {
+                    tokenizer_warnings.push(format!(
+                        "{}: words that are one token each alone merge when concatenated; text prompt lengths are approximate",
+                        t.name()
+                    ));
+                }
+                if words.len() < MIN_TOKENIZER_WORDS {
+                    tokenizer_warnings.push(format!(
+                        "{}: only {} words are single tokens; distinct prompt blocks share more words than usual",
+                        t.name(),
+                        words.len()
+                    ));
+                }
+                Renderer::with_words(a.seed, Arc::new(words))
+            }
+            None => Renderer::new(a.seed, a.vocab_size),
+        };
+        if tokenizer.is_none() && a.vocab_size <= crate::prompt::TOKEN_ID_MIN {
             return Err(BenchError::Arg(format!(
                 "--vocab-size must be above {} (token ids are drawn from [{}, VOCAB))",
                 crate::prompt::TOKEN_ID_MIN,
@@ -160,7 +185,7 @@ impl Workload {
             Some(a.requests.unwrap_or(DEFAULT_REQUESTS))
         };
         let mut w = match dataset {
-            Dataset::Trace => load_trace(a, prompt, renderer)?,
+            Dataset::Trace => load_trace(a, prompt, renderer.clone())?,
             Dataset::Random => {
                 if !(0.0..1.0).contains(&a.range_ratio) {
                     return Err(BenchError::Arg(format!(
@@ -226,7 +251,7 @@ impl Workload {
                 let path = a.dataset_path.as_deref().ok_or_else(|| {
                     BenchError::Arg("--dataset sharegpt needs --dataset-path FILE".into())
                 })?;
-                let (items, desc) = load_sharegpt(path, a)?;
+                let (items, desc) = load_sharegpt(path, a, tokenizer.as_ref())?;
                 Workload {
                     kind: Kind::List { items, cycle: true },
                     prompt,
@@ -258,6 +283,11 @@ impl Workload {
                 "prompts of up to {longest} tokens requested; the limit is {MAX_PROMPT_TOKENS}"
             )));
         }
+        if let Some(t) = &tokenizer {
+            w.description
+                .push_str(&format!("; prompts built for tokenizer {}", t.name()));
+        }
+        w.warnings.extend(tokenizer_warnings);
         if w.count == Some(0) {
             return Err(BenchError::Arg(
                 "no requests to send (--requests 0?)".into(),
@@ -503,7 +533,11 @@ pub fn estimate_tokens(text: &str) -> u32 {
     (chars / CHARS_PER_TOKEN).ceil() as u32
 }
 
-fn load_sharegpt(path: &Path, a: &BenchArgs) -> Result<(Vec<Request>, String), BenchError> {
+fn load_sharegpt(
+    path: &Path,
+    a: &BenchArgs,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<(Vec<Request>, String), BenchError> {
     let err = |message: String| BenchError::Dataset {
         path: path.to_path_buf(),
         message,
@@ -531,35 +565,49 @@ fn load_sharegpt(path: &Path, a: &BenchArgs) -> Result<(Vec<Request>, String), B
     let mut rng = ChaCha8Rng::seed_from_u64(a.seed);
     pairs.shuffle(&mut rng);
     let fixed_out = a.output_len;
-    let items: Vec<Request> = pairs
-        .into_iter()
-        .filter_map(|(prompt, answer)| {
-            let p = estimate_tokens(&prompt);
-            let o = fixed_out.unwrap_or_else(|| estimate_tokens(&answer));
-            let too_short = p < SHAREGPT_MIN_LEN || (fixed_out.is_none() && o < SHAREGPT_MIN_LEN);
-            if too_short || p > SHAREGPT_MAX_PROMPT || p + o > SHAREGPT_MAX_TOTAL {
-                return None;
-            }
-            Some(Request {
-                id: 0,
-                at: None,
-                input_len: p,
-                output_len: o.max(1),
-                content: Content::Text(Arc::from(prompt)),
-            })
-        })
-        .collect();
+    // Token counts: the tokenizer's when given (as vLLM counts), else the estimate.
+    let count = |text: &str| -> Result<u32, BenchError> {
+        match tokenizer {
+            Some(t) => Ok(u32::try_from(t.count(text)?).unwrap_or(u32::MAX)),
+            None => Ok(estimate_tokens(text)),
+        }
+    };
+    let mut items: Vec<Request> = Vec::new();
+    for (prompt, answer) in pairs {
+        let p = count(&prompt)?;
+        if !(SHAREGPT_MIN_LEN..=SHAREGPT_MAX_PROMPT).contains(&p) {
+            continue;
+        }
+        let o = match fixed_out {
+            Some(o) => o,
+            None => count(&answer)?,
+        };
+        let too_short = fixed_out.is_none() && o < SHAREGPT_MIN_LEN;
+        if too_short || p.saturating_add(o) > SHAREGPT_MAX_TOTAL {
+            continue;
+        }
+        items.push(Request {
+            id: 0,
+            at: None,
+            input_len: p,
+            output_len: o.max(1),
+            content: Content::Text(Arc::from(prompt)),
+        });
+    }
+    let lengths = match tokenizer {
+        Some(t) => format!("lengths counted with {}", t.name()),
+        None => format!("lengths estimated at {CHARS_PER_TOKEN} chars/token"),
+    };
     if items.is_empty() {
         return Err(err(format!(
-            "no usable conversation: {total} entries, {with_two_turns} with at least two turns, none within the length filters (prompt {SHAREGPT_MIN_LEN}..{SHAREGPT_MAX_PROMPT} tokens, prompt + answer <= {SHAREGPT_MAX_TOTAL}; lengths estimated at {CHARS_PER_TOKEN} characters per token)"
+            "no usable conversation: {total} entries, {with_two_turns} with at least two turns, none within the length filters (prompt {SHAREGPT_MIN_LEN}..{SHAREGPT_MAX_PROMPT} tokens, prompt + answer <= {SHAREGPT_MAX_TOTAL}; {lengths})"
         )));
     }
     let desc = format!(
-        "sharegpt {}: {} usable of {} conversations (lengths estimated at {} chars/token{})",
+        "sharegpt {}: {} usable of {} conversations ({lengths}{})",
         path.display(),
         items.len(),
         total,
-        CHARS_PER_TOKEN,
         fixed_out.map_or(String::new(), |o| format!(", output fixed at {o}"))
     );
     Ok((items, desc))
@@ -671,6 +719,124 @@ mod tests {
             *systems.entry(b[0].key).or_insert(0) += 1;
         }
         assert_eq!(systems.values().copied().collect::<Vec<_>>(), vec![4, 4, 4]);
+    }
+
+    /// A trained byte-level BPE model directory, shared by the tests.
+    fn model_dir() -> &'static Path {
+        static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        DIR.get_or_init(|| {
+            let d = tempfile::tempdir().unwrap();
+            switchyard_tokenize::testing::write_model_dir(d.path(), 800, None).unwrap();
+            d
+        })
+        .path()
+    }
+
+    #[test]
+    fn tokenizer_text_prompts_have_exact_lengths_and_shared_blocks() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        for (ts, len, hid) in [(0, 700, "[1,2]"), (10, 900, "[1,3]"), (20, 100, "[2]")] {
+            writeln!(
+                f,
+                r#"{{"timestamp": {ts}, "input_length": {len}, "output_length": 5, "hash_ids": {hid}}}"#
+            )
+            .unwrap();
+        }
+        let tok = Tokenizer::load(model_dir()).unwrap();
+        let mut a = args();
+        a.trace = Some(f.path().to_path_buf());
+        a.tokenizer = Some(model_dir().to_path_buf());
+        a.prompt = Some(PromptMode::Text);
+        a.vocab_size = 5; // unused with a tokenizer
+        let w = Workload::from_args(&a).unwrap();
+        // (A small vocabulary may warn that it has few single-token words; never inexact.)
+        assert!(
+            w.warnings.iter().all(|m| !m.contains("approximate")),
+            "{:?}",
+            w.warnings
+        );
+        assert!(
+            w.description.contains("tokenizer.json"),
+            "{}",
+            w.description
+        );
+        let blocks = |i| match w.get(i).unwrap().content {
+            Content::Blocks(b) => b,
+            Content::Text(_) => panic!(),
+        };
+        let (b0, b1, b2) = (blocks(0), blocks(1), blocks(2));
+        let (t0, t1, t2) = (
+            w.renderer.text(&b0),
+            w.renderer.text(&b1),
+            w.renderer.text(&b2),
+        );
+        let (i0, i1, i2) = (
+            tok.encode(&t0).unwrap(),
+            tok.encode(&t1).unwrap(),
+            tok.encode(&t2).unwrap(),
+        );
+        // Exact lengths under the tokenizer.
+        assert_eq!((i0.len(), i1.len(), i2.len()), (700, 900, 100));
+        // Token-id prompts are the same tokens.
+        assert_eq!(w.renderer.tokens(&b0), i0);
+        assert_eq!(w.renderer.tokens(&b1), i1);
+        // hash id 1 is the same first block, as text and as tokens.
+        let cut = t0.match_indices(' ').nth(512).unwrap().0;
+        assert_eq!(t0[..cut], t1[..cut]);
+        assert_eq!(i0[..512], i1[..512]);
+        let same = (512..700).filter(|&k| i0[k] == i1[k]).count();
+        assert!(same < 30, "{same} equal positions in distinct blocks");
+        // hash id 2 (second block of request 0) starts request 2: identical tokens there too,
+        // whatever preceded it.
+        assert_eq!(i2[..], i0[512..612]);
+        // The words come from the tokenizer's vocabulary, not from the built-in list.
+        assert!(i0.iter().all(|&t| (t as usize) < tok.vocab_size()));
+
+        // Chat endpoint: the same text, without the leading space.
+        a.endpoint = Endpoint::Chat;
+        let w = Workload::from_args(&a).unwrap();
+        assert_eq!(w.renderer.text(&b0), t0);
+
+        // Bad tokenizer path: a clear error.
+        a.tokenizer = Some(model_dir().join("missing.json"));
+        let e = Workload::from_args(&a).unwrap_err().to_string();
+        assert!(e.contains("missing.json"), "{e}");
+    }
+
+    #[test]
+    fn sharegpt_lengths_counted_with_the_tokenizer() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        write!(
+            f,
+            r#"[{{"conversations":[{{"from":"human","value":"the router sends the request to the worker"}},{{"from":"gpt","value":"the worker holds the cache and the queue"}}]}}]"#
+        )
+        .unwrap();
+        let tok = Tokenizer::load(model_dir()).unwrap();
+        let mut a = args();
+        a.dataset = Some(Dataset::Sharegpt);
+        a.dataset_path = Some(f.path().to_path_buf());
+        a.tokenizer = Some(model_dir().to_path_buf());
+        a.requests = Some(1);
+        let w = Workload::from_args(&a).unwrap();
+        let r = w.get(0).unwrap();
+        assert_eq!(
+            r.input_len as usize,
+            tok.count("the router sends the request to the worker")
+                .unwrap()
+        );
+        assert_eq!(
+            r.output_len as usize,
+            tok.count("the worker holds the cache and the queue")
+                .unwrap()
+        );
+        // 43 chars / 4 would say 11; the trained tokenizer has one token per word here.
+        assert_eq!(r.input_len, 8);
+        assert!(w.description.contains("counted with"), "{}", w.description);
+        // The built-in by name.
+        a.tokenizer = Some("o200k_base".into());
+        let w = Workload::from_args(&a).unwrap();
+        assert_eq!(w.get(0).unwrap().input_len, 8);
+        assert!(w.description.contains("o200k_base"), "{}", w.description);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Encoding speed: a 32k-token prompt with the built-in o200k_base and with a Hugging Face
-//! byte-level BPE tokenizer (trained in memory), plus a chat template render.
+//! byte-level BPE tokenizer (trained in memory; also a real one from disk with
+//! `SWITCHYARD_TOKENIZER=/path/to/model-dir`), plus a chat template render and the
+//! single-token word scan of o200k.
 
 use std::hint::black_box;
 
@@ -28,8 +30,14 @@ fn bench(c: &mut Criterion) {
         train_byte_level_bpe(&corpus(5_000), 4_000).expect("train"),
         "bpe-4k",
     );
+    // A real model's tokenizer from disk, if given: SWITCHYARD_TOKENIZER=/path/to/model-dir.
+    let real = std::env::var_os("SWITCHYARD_TOKENIZER").and_then(|p| Tokenizer::load(p).ok());
+    let mut toks = vec![("o200k", &o200k), ("hf_bpe", &hf)];
+    if let Some(r) = &real {
+        toks.push(("hf_file", r));
+    }
     let mut g = c.benchmark_group("encode_32k");
-    for (name, tok) in [("o200k", &o200k), ("hf_bpe", &hf)] {
+    for (name, tok) in toks {
         let text = text_of(tok, 32_000);
         let n = tok.count(&text).unwrap_or(0);
         eprintln!("{name}: {} bytes, {n} tokens", text.len());

@@ -22,7 +22,7 @@ mod words;
 
 pub use error::TokenizeError;
 pub use template::{ChatTemplate, strftime};
-pub use tokenizer::{O200K_VOCAB_SIZE, Tokenizer};
+pub use tokenizer::{BUILTIN_NAMES, O200K_VOCAB_SIZE, Tokenizer};
 pub use words::WordPieces;
 
 pub mod testing;

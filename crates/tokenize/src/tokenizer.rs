@@ -13,6 +13,9 @@ pub const O200K_VOCAB_SIZE: usize = 200_019;
 const O200K_ORDINARY: u32 = 199_998;
 const O200K_SPECIAL: [u32; 2] = [199_999, 200_018];
 
+/// What `--tokenizer` may say to select the built-in tokenizer.
+pub const BUILTIN_NAMES: [&str; 2] = ["o200k_base", "o200k"];
+
 /// File names of a Hugging Face model directory.
 pub(crate) const TOKENIZER_JSON: &str = "tokenizer.json";
 
@@ -65,8 +68,12 @@ impl Tokenizer {
     /// Load a Hugging Face tokenizer: `path` is a `tokenizer.json` file, or a model directory
     /// containing one (as `huggingface-cli download` or `save_pretrained` lay it out).
     /// Truncation and padding settings in the file are dropped: a router must see every token.
+    /// The names `o200k_base` and `o200k` (when no such file exists) select the built-in.
     pub fn load(path: impl AsRef<Path>) -> Result<Tokenizer, TokenizeError> {
         let path = path.as_ref();
+        if BUILTIN_NAMES.iter().any(|n| path == Path::new(n)) && !path.exists() {
+            return Ok(Tokenizer::o200k());
+        }
         let file = resolve_tokenizer_json(path)?;
         let bytes = std::fs::read(&file).map_err(|source| TokenizeError::Read {
             path: file.clone(),

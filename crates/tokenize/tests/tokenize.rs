@@ -81,6 +81,8 @@ fn o200k_builtin() {
     assert!(t.decode(&[199_997]).is_ok());
     assert!(t.decode(&[199_998]).is_err());
     assert!(t.decode(&[200_019]).is_err());
+    assert!(Tokenizer::load("o200k_base").unwrap().is_builtin());
+    assert!(Tokenizer::load("o200k").unwrap().is_builtin());
     // Special-token text is ordinary text for the built-in (as before).
     assert!(t.count("<|endoftext|>").unwrap() > 1);
 }
@@ -353,4 +355,36 @@ fn word_pieces_give_exact_counts() {
     }
     let o = WordPieces::build(&Tokenizer::o200k()).unwrap();
     assert!(o.len() > 10_000, "{}", o.len());
+}
+
+#[test]
+fn word_pieces_with_a_sentencepiece_style_tokenizer() {
+    // Llama 2 / Mistral style: Metaspace ("▁word") instead of byte-level, a prefix space on
+    // the first word only.
+    use tokenizers::decoders::metaspace::Metaspace as MetaDec;
+    use tokenizers::models::TrainerWrapper;
+    use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+    use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+    let mut hf = tokenizers::Tokenizer::new(BPE::default());
+    hf.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::First, true)));
+    hf.with_decoder(Some(MetaDec::new('▁', PrependScheme::First, true)));
+    let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+        .vocab_size(600)
+        .show_progress(false)
+        .build()
+        .into();
+    let corpus = switchyard_tokenize::testing::corpus(2000);
+    hf.train(&mut trainer, corpus.iter()).unwrap();
+    let tok = Tokenizer::from_hf(hf, "metaspace-bpe");
+    let w = WordPieces::build(&tok).unwrap();
+    assert!(w.exact);
+    assert!(w.len() >= 100, "{}", w.len());
+    let pick: Vec<usize> = (0..300).map(|i| (i * 31 + 7) % w.len()).collect();
+    let ids: Vec<u32> = pick.iter().map(|&i| w.ids[i]).collect();
+    let text: String = pick.iter().map(|&i| w.words[i].as_str()).collect();
+    // Mid-text, one token per word; at the very start the text's leading space is dropped by
+    // the decoder, and the tokenizer puts it back.
+    assert_eq!(tok.encode(&format!("x{text}")).unwrap()[1..], ids[..]);
+    assert_eq!(tok.encode(text.trim_start()).unwrap(), ids);
+    assert_eq!(tok.decode(&ids).unwrap(), text.trim_start());
 }
