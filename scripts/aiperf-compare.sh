@@ -11,23 +11,25 @@
 # file (the simulated worker's tokenizer), so both tools' prompts count the same tokens there.
 #
 # Usage: bash scripts/aiperf-compare.sh            (from anywhere; ~2-3 min with a warm venv)
-# Environment: SWITCHYARD_BIN (default: build target/release/switchyard), REQUESTS (200),
-#   TIME_DIV (schedule compression, 4), ISL_DIV / OSL_DIV (length divisors, 8 / 8),
+# Environment: SWITCHYARD_BIN (default: build target/release/switchyard), REQUESTS (400),
+#   TIME_DIV (schedule compression, 4), ISL_DIV / OSL_DIV (length divisors, 8 / 8), MIN_OSL (8),
 #   SERVE_SPEEDUP (simulated GPU speed, 1 = real time), WORKERS (32), ROUTER (kv),
 #   RECIPE (the engine's deployment file), TOLERANCE (0.05).
 # Runs, logs and comparison.json stay in target/aiperf-compare/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-REQUESTS=${REQUESTS:-200}
+REQUESTS=${REQUESTS:-400}
 TIME_DIV=${TIME_DIV:-4}
 ISL_DIV=${ISL_DIV:-8}
 OSL_DIV=${OSL_DIV:-8}
+MIN_OSL=${MIN_OSL:-8}
+MIN_GAP_MS=${MIN_GAP_MS:-20}
 SERVE_SPEEDUP=${SERVE_SPEEDUP:-1}
 TOLERANCE=${TOLERANCE:-0.05}
 RECIPE=${RECIPE:-recipes/qwen3-32b-h200/agg-round-robin.toml}
 WORKERS=${WORKERS:-32}
-ROUTER=${ROUTER:-kv}
+ROUTER=${ROUTER:-round-robin}
 TRACE=${TRACE:-data/mooncake_conversation.jsonl.gz}
 VENV=${AIPERF_VENV:-$ROOT/target/aiperf-venv}
 AIPERF_VERSION=${AIPERF_VERSION:-0.13.0}
@@ -72,7 +74,8 @@ fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
 "$PY" scripts/aiperf_compare.py slice "$TRACE" "$OUT/slice.jsonl" --requests "$REQUESTS" \
-  --isl-div "$ISL_DIV" --osl-div "$OSL_DIV" --time-div "$TIME_DIV"
+  --isl-div "$ISL_DIV" --osl-div "$OSL_DIV" --min-osl "$MIN_OSL" --min-gap-ms "$MIN_GAP_MS" \
+  --time-div "$TIME_DIV"
 BLOCK=$((512 / ISL_DIV))
 # The recipe's engine (Qwen3-32B, H200 TP2, vLLM) with WORKERS replicas behind ROUTER: a
 # sparse fleet keeps batches small, so the server behaves the same in both runs (see the doc:
@@ -86,19 +89,31 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The server under test runs in real time (SCHED_FIFO 1) when the OS allows it (root or
+# CAP_SYS_NICE): its simulated engine steps are wall-clock sleeps, and on a busy machine their
+# wake-ups would otherwise be late by however much CPU the client (or anything else) takes,
+# i.e. the server itself would be slower under the heavier client. Both clients run at normal
+# priority.
+SERVE_PREFIX=()
+if [ "${SERVE_REALTIME:-1}" = 1 ] && chrt -f 1 true 2>/dev/null; then SERVE_PREFIX=(chrt -f 1); fi
+
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_serve() { # log file; sets PORT and SERVE_PID
-  PORT=$(free_port)
-  "$BIN" serve --config "$CONFIG" --router "$ROUTER" --host 127.0.0.1 --port "$PORT" --speedup "$SERVE_SPEEDUP" >"$1" 2>&1 &
-  SERVE_PID=$!
-  for _ in $(seq 1 100); do
-    if curl -sf "http://127.0.0.1:$PORT/v1/models" >/dev/null 2>&1; then return 0; fi
-    kill -0 "$SERVE_PID" 2>/dev/null || { cat "$1" >&2; echo "serve exited" >&2; exit 2; }
-    sleep 0.1
+  for _attempt in 1 2 3; do # the free port can be taken before serve binds it: retry
+    PORT=$(free_port)
+    "${SERVE_PREFIX[@]}" "$BIN" serve --config "$CONFIG" --router "$ROUTER" --host 127.0.0.1 --port "$PORT" \
+      --speedup "$SERVE_SPEEDUP" >"$1" 2>&1 &
+    SERVE_PID=$!
+    for _ in $(seq 1 100); do
+      if curl -sf "http://127.0.0.1:$PORT/v1/models" >/dev/null 2>&1; then return 0; fi
+      kill -0 "$SERVE_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    stop_serve
   done
   cat "$1" >&2
-  echo "serve not ready on port $PORT" >&2
+  echo "serve did not start" >&2
   exit 2
 }
 
@@ -142,7 +157,7 @@ if ! "$BIN" bench --url "http://127.0.0.1:$PORT" --model "$MODEL" --endpoint com
 fi
 stop_serve
 
-step "compare (same $REQUESTS-request slice, fixed schedule, fresh serve each)"
+step "compare (same $REQUESTS-request slice, fixed schedule, fresh serve each; serve priority: ${SERVE_PREFIX[*]:-normal})"
 set +e
 "$PY" scripts/aiperf_compare.py compare "$OUT/aiperf" "$OUT/switchyard" --tol "$TOLERANCE" \
   --json-out "$OUT/comparison.json"

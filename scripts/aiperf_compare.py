@@ -8,6 +8,8 @@
                                     for token against tiktoken on a text corpus
   slice TRACE OUT [options]         write a Mooncake JSONL slice both tools replay
   compare AIPERF_DIR SWITCHYARD_DIR compare the two runs; exit 1 if a metric differs > tol
+  overhead aiperf|switchyard DIR R  one line of scripts/bench-overhead.sh (dispatch lag of a
+                                    constant-rate run at R req/s)
 """
 
 import argparse
@@ -128,7 +130,10 @@ def check_tokenizer(out_dir, tiktoken_file):
 def cmd_slice(a):
     """First N rows of the trace; input lengths divided by --isl-div (hash-id blocks of
     512/isl_div tokens keep the trace's block structure), output lengths divided by
-    --osl-div (at least 2 so TPOT exists), timestamps divided by --time-div (integer ms)."""
+    --osl-div (at least --min-osl, so TPOT averages several gaps), timestamps divided by
+    --time-div (integer ms) and pushed apart to at least --min-gap-ms, so that both tools put
+    the requests on the wire in the same order (a round-robin router then places every
+    request on the same replica in both runs)."""
     opener = gzip.open if a.trace.endswith(".gz") else open
     rows = []
     with opener(a.trace, "rt") as f:
@@ -141,6 +146,7 @@ def cmd_slice(a):
     t0 = rows[0]["timestamp"]
     sizes = {}
     out = []
+    prev_ts = None
     for r in rows:
         isl = math.ceil(r["input_length"] / a.isl_div)
         ids = r.get("hash_ids") or []
@@ -152,8 +158,11 @@ def cmd_slice(a):
             s = final if i == n - 1 else bs
             if sizes.setdefault(h, s) != s:
                 sys.exit(f"slice: hash id {h} at two sizes ({sizes[h]}, {s}): AIPerf rejects it")
-        osl = max(2, math.ceil(r["output_length"] / a.osl_div))
+        osl = max(a.min_osl, math.ceil(r["output_length"] / a.osl_div))
         ts = round((r["timestamp"] - t0) / a.time_div)
+        if prev_ts is not None:
+            ts = max(ts, prev_ts + a.min_gap_ms)
+        prev_ts = ts
         out.append({"timestamp": ts, "input_length": isl, "output_length": osl, "hash_ids": ids})
     with open(a.out, "w") as f:
         for r in out:
@@ -173,7 +182,7 @@ def aiperf_stats(d):
     paths = glob.glob(os.path.join(d, "**/profile_export.jsonl"), recursive=True)
     if not paths:
         sys.exit(f"compare: no profile_export.jsonl under {d}")
-    vals = {"ttft": [], "tpot": [], "e2e": [], "isl": [], "osl": []}
+    vals = {"ttft": [], "tpot": [], "e2e": [], "isl": [], "osl": [], "srv_isl": [], "cached": []}
     by_id = {}
     errors = 0
     with open(paths[0]) as f:
@@ -194,6 +203,8 @@ def aiperf_stats(d):
                 ("e2e", "request_latency"),
                 ("isl", "input_sequence_length"),
                 ("osl", "output_sequence_length"),
+                ("srv_isl", "usage_prompt_tokens"),
+                ("cached", "usage_prompt_cache_read_tokens"),
             ]:
                 v = get(tag)
                 if v is not None:
@@ -215,7 +226,7 @@ def aiperf_stats(d):
 
 
 def switchyard_stats(d):
-    vals = {"ttft": [], "tpot": [], "e2e": [], "isl": [], "osl": []}
+    vals = {"ttft": [], "tpot": [], "e2e": [], "isl": [], "osl": [], "srv_isl": [], "cached": []}
     by_id = {}
     errors = 0
     with open(os.path.join(d, "requests.jsonl")) as f:
@@ -234,7 +245,10 @@ def switchyard_stats(d):
             by_id[r.get("id")] = ((first - sent) * 1e3, (last - sent) * 1e3)
             if out >= 2:
                 vals["tpot"].append((last - first) * 1e3 / (out - 1))
+            # Switchyard's input and cached counts are the server's usage.
             vals["isl"].append(float(r.get("input_tokens") or 0))
+            vals["srv_isl"].append(float(r.get("input_tokens") or 0))
+            vals["cached"].append(float(r.get("cached_tokens") or 0))
             vals["osl"].append(float(out))
     vals["by_id"] = by_id
     with open(os.path.join(d, "summary.json")) as f:
@@ -286,7 +300,14 @@ def cmd_compare(a):
             )
     print("-" * 66)
     n_a, n_s = len(av["e2e"]), len(sv["e2e"])
-    for key, label in [("isl", "input tokens/req"), ("osl", "output tokens/req")]:
+    for key, label in [
+        ("isl", "input tokens/req (tool)"),
+        ("srv_isl", "input tokens/req (server)"),
+        ("cached", "cached tokens/req (server)"),
+        ("osl", "output tokens/req (tool)"),
+    ]:
+        if not av[key] or not sv[key]:
+            continue
         ax = sum(av[key]) / max(1, len(av[key]))
         sy = sum(sv[key]) / max(1, len(sv[key]))
         diff = (sy - ax) / ax if ax else 0.0
@@ -331,6 +352,64 @@ def cmd_compare(a):
     sys.exit(1 if fail else 0)
 
 
+# ------------------------------------------------------------------------------- overhead
+def peak_in_flight(spans):
+    ev = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    cur = peak = 0
+    for _, d in ev:
+        cur += d
+        peak = max(peak, cur)
+    return peak
+
+
+def cmd_overhead(a):
+    rate = float(a.rate)
+    if a.tool == "switchyard":
+        recs = []
+        with open(os.path.join(a.dir, "requests.jsonl")) as f:
+            recs = [json.loads(line) for line in f if line.strip()]
+        lags = [(r["sent"] - r["scheduled"]) * 1e3 for r in recs]
+        starts = sorted(r["sent"] for r in recs)
+        spans = [(r["sent"], r["finish"]) for r in recs]
+        failed = sum(1 for r in recs if r.get("status", "ok") != "ok")
+        with open(os.path.join(a.dir, "summary.json")) as f:
+            wake = (json.load(f)["client"].get("dispatcher_wake") or {}).get("p99")
+        extra = f"dispatcher wake-up p99 {wake * 1e3:6.3f} ms" if wake is not None else ""
+    else:
+        paths = glob.glob(os.path.join(a.dir, "**/profile_export.jsonl"), recursive=True)
+        if not paths:
+            print(f"   aiperf     {a.mode:<8} {rate:>6.0f}/s  no records (see {a.dir}.log)")
+            return
+        metas, failed = [], 0
+        with open(paths[0]) as f:
+            for line in f:
+                rec = json.loads(line)
+                failed += 1 if rec.get("error") else 0
+                metas.append(rec["metadata"])
+        metas.sort(key=lambda m: (m.get("credit_issued_ns") or m["request_start_ns"]))
+        issued = [m.get("credit_issued_ns") or m["request_start_ns"] for m in metas]
+        # AIPerf's schedule is absolute (start + i/R) but its start is not exported: anchor it
+        # so the earliest credit is exactly on time (its timerfd pacer never issues early).
+        c0 = min(c - i * 1e9 / rate for i, c in enumerate(issued))
+        sched = [c0 + i * 1e9 / rate for i in range(len(metas))]
+        lags = [(m["request_start_ns"] - s) / 1e6 for m, s in zip(metas, sched)]
+        credit = [((m.get("credit_issued_ns") or s) - s) / 1e6 for m, s in zip(metas, sched)]
+        starts = sorted(m["request_start_ns"] / 1e9 for m in metas)
+        spans = [(m["request_start_ns"], m["request_end_ns"]) for m in metas]
+        extra = f"credit issue lag p99 {percentile(credit, 99):6.3f} ms"
+    n = len(lags)
+    span = starts[-1] - starts[0] if n > 1 else 0.0
+    sent_rate = (n - 1) / span if span > 0 else float("nan")
+    p99 = percentile(lags, 99)
+    ok = "OK " if p99 < 1.0 and failed == 0 and sent_rate > 0.95 * rate else "   "
+    print(
+        f"{ok}{a.tool:<10} {a.mode:<8} {rate:>6.0f}/s  sent {n:>6} ({sent_rate:>7.1f}/s)  failed {failed:>4}  "
+        f"in flight peak {peak_in_flight(spans):>5}  lag p50 {percentile(lags, 50):7.3f} ms  "
+        f"p99 {p99:8.3f} ms  max {max(lags):8.3f} ms  {extra}",
+        flush=True,
+    )
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -345,6 +424,8 @@ def main():
     s.add_argument("--isl-div", type=int, default=8)
     s.add_argument("--osl-div", type=int, default=8)
     s.add_argument("--time-div", type=float, default=4.0)
+    s.add_argument("--min-osl", type=int, default=2)
+    s.add_argument("--min-gap-ms", type=int, default=0)
     s.set_defaults(func=cmd_slice)
     c = sub.add_parser("compare")
     c.add_argument("aiperf_dir")
@@ -352,6 +433,12 @@ def main():
     c.add_argument("--tol", type=float, default=0.05)
     c.add_argument("--json-out")
     c.set_defaults(func=cmd_compare)
+    o = sub.add_parser("overhead")
+    o.add_argument("tool", choices=["aiperf", "switchyard"])
+    o.add_argument("dir")
+    o.add_argument("rate")
+    o.add_argument("mode", nargs="?", default="")
+    o.set_defaults(func=cmd_overhead)
     a = p.parse_args()
     a.func(a)
 
