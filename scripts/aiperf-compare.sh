@@ -7,14 +7,16 @@
 # non-zero on FAIL. See docs/bench-validation.md.
 #
 # Offline apart from PyPI: AIPerf is installed into target/aiperf-venv (once; reused), and its
-# tokenizer is a local Hugging Face directory built from tiktoken-rs's bundled o200k_base
-# file (the simulated worker's tokenizer), so both tools' prompts count the same tokens there.
+# tokenizer is tiktoken's o200k_base (the simulated worker's tokenizer), converted offline from
+# tiktoken-rs's bundled file into a Hugging Face tokenizer in target/aiperf-hf, so both tools'
+# prompts count the same tokens on the server.
 #
-# Usage: bash scripts/aiperf-compare.sh            (from anywhere; ~2-3 min with a warm venv)
+# Usage: bash scripts/aiperf-compare.sh   (from anywhere; ~1.5 min with a warm venv and binary)
 # Environment: SWITCHYARD_BIN (default: build target/release/switchyard), REQUESTS (400),
 #   TIME_DIV (schedule compression, 4), ISL_DIV / OSL_DIV (length divisors, 8 / 8), MIN_OSL (8),
-#   SERVE_SPEEDUP (simulated GPU speed, 1 = real time), WORKERS (32), ROUTER (kv),
-#   RECIPE (the engine's deployment file), TOLERANCE (0.05).
+#   MIN_GAP_MS (20), SERVE_SPEEDUP (simulated GPU speed, 1 = real time), WORKERS (32),
+#   ROUTER (round-robin), SERVE_REALTIME (1: serve under SCHED_FIFO 1 when permitted),
+#   RECIPE (the engine's deployment file), TOLERANCE (0.05), AIPERF_VENV, AIPERF_VERSION.
 # Runs, logs and comparison.json stay in target/aiperf-compare/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
