@@ -1,0 +1,168 @@
+//! Disaggregated serving as separate processes, the way an operator runs it: two
+//! `switchyard worker` processes (prefill, decode) and a `switchyard serve` in front, talking
+//! over loopback HTTP; both P/D protocols, and a prefill process killed mid-deployment.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `switchyard ARGS` and return it with the first `http://...` URL it prints on stderr.
+fn spawn(args: &[&str]) -> (Proc, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("switchyard runs");
+    let err = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(err).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let url = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("{args:?} exited before printing its address"))
+            .unwrap();
+        if let Some(i) = line.find("http://") {
+            let url: String = line[i..]
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != ',' && *c != ')')
+                .collect();
+            break url.replace("0.0.0.0", "127.0.0.1");
+        }
+        assert!(Instant::now() < deadline, "no address from {args:?}");
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(child), url)
+}
+
+fn worker(role: &str) -> (Proc, String) {
+    spawn(&[
+        "worker",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--role",
+        role,
+        "--speedup",
+        "1000",
+    ])
+}
+
+fn post(url: &str, body: &str) -> (u16, serde_json::Value, String) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-D",
+            "-",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+            url,
+        ])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or(("", &text));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        head.to_ascii_lowercase(),
+    )
+}
+
+fn long_prompt(n: u32) -> String {
+    let t: Vec<String> = (100..100 + n).map(|i| i.to_string()).collect();
+    format!(
+        r#"{{"model":"Qwen3-32B","prompt":[{}],"max_tokens":6}}"#,
+        t.join(",")
+    )
+}
+
+fn wait_ready(serve: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("{serve}/ready"),
+            ])
+            .output()
+            .unwrap();
+        if out.stdout == b"200" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "serve never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn prefill_and_decode_processes_behind_serve() {
+    for protocol in ["vllm", "sglang"] {
+        let (_p, p_url) = worker("prefill");
+        let (mut p_proc, p2_url) = worker("prefill");
+        let (_d, d_url) = worker("decode");
+        let (_s, serve) = spawn(&[
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--pd-protocol",
+            protocol,
+            "--router",
+            "kv",
+            "--kv-feed",
+            "approximate",
+            "--health-interval",
+            "0.2",
+            "--worker",
+            &format!("{p_url},role=prefill"),
+            "--worker",
+            &format!("{p2_url},role=prefill"),
+            "--worker",
+            &format!("{d_url},role=decode"),
+        ]);
+        wait_ready(&serve);
+        let (st, v, head) = post(&format!("{serve}/v1/completions"), &long_prompt(3000));
+        assert_eq!(st, 200, "{protocol}: {v}");
+        assert!(head.contains("x-switchyard-placement: remote"), "{head}");
+        assert_eq!(v["usage"]["completion_tokens"], 6);
+        assert_eq!(v["usage"]["prompt_tokens"], 3000);
+        // Kill one prefill process: requests keep flowing through the other (a failure before
+        // the first byte is retried; the dead worker leaves the candidate set).
+        let _ = p_proc.0.kill();
+        let _ = p_proc.0.wait();
+        for i in 0..4 {
+            let (st, v, head) = post(
+                &format!("{serve}/v1/completions"),
+                &long_prompt(3000 + 700 * (i + 1)),
+            );
+            assert_eq!(st, 200, "{protocol} after kill #{i}: {v}");
+            assert!(head.contains("x-switchyard-placement: remote"), "{head}");
+            assert!(!head.contains(&p2_url), "routed to the dead worker: {head}");
+        }
+    }
+}
