@@ -103,11 +103,11 @@ fn live_serve_matches_the_simulator_on_the_same_recipe() {
     let scale = |s: &Stats| (s.mean * X, s.p50 * X, s.p90 * X);
     let (lt, st) = (
         scale(live_sum.ttft.as_ref().unwrap()),
-        sim_sum.ttft.clone().unwrap(),
+        sim_sum.ttft.unwrap(),
     );
     let (lp, sp) = (
         scale(live_sum.tpot.as_ref().unwrap()),
-        sim_sum.tpot.clone().unwrap(),
+        sim_sum.tpot.unwrap(),
     );
     println!("metric (ms, simulated time)   lab      live     diff");
     for (name, l, s) in [
