@@ -37,6 +37,9 @@ enum Command {
     /// Re-render or compare saved `lab` and `bench` runs side by side.
     #[command(long_about = report_cmd::REPORT_HELP)]
     Report(report_cmd::ReportArgs),
+    /// Register an existing engine server (vLLM, SGLang, `switchyard worker`) in etcd and keep
+    /// it registered while its /health answers: the sidecar next to a real engine.
+    Register(Box<switchyard_server::RegisterArgs>),
     /// Run the OpenAI-compatible frontend and router (workers from flags or a deployment file).
     Serve(Box<switchyard_server::ServeArgs>),
     /// Analyze and synthesize Mooncake-format request traces.
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Command::Lab(cmd) => lab_cmd::run(cmd),
         Command::Report(args) => report_cmd::run(args),
+        Command::Register(a) => switchyard_server::run_register(*a),
         Command::Serve(a) => switchyard_server::run_serve(*a),
         Command::Trace(cmd) => trace_cmd::run(cmd),
         Command::Worker(a) => switchyard_server::run_worker(*a),

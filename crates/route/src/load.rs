@@ -81,6 +81,8 @@ struct WorkerState {
     engine: Option<(EngineLoad, f64)>,
     /// Bumped at every engine report.
     epoch: u32,
+    /// Requests other routers (active-active replicas) have in flight on this worker.
+    external_requests: u32,
     /// Dispatched since the last engine report (and not finished).
     since_report: Delta,
 }
@@ -106,7 +108,13 @@ pub struct LoadTracker {
     free: Vec<u32>,
     max_engine_age: f64,
     stale_ticket_uses: u64,
+    /// Running mean of prompt blocks per dispatched request: the footprint assumed for each
+    /// of another router's requests (it reports counts only).
+    blocks_per_request: f64,
 }
+
+/// Weight of the newest request in [`LoadTracker`]'s running mean of blocks per request.
+const BLOCKS_PER_REQUEST_ALPHA: f64 = 0.05;
 
 impl LoadTracker {
     /// Engine reports older than `max_engine_age_secs` are ignored.
@@ -118,6 +126,7 @@ impl LoadTracker {
             free: Vec::new(),
             max_engine_age: max_engine_age_secs,
             stale_ticket_uses: 0,
+            blocks_per_request: 0.0,
         }
     }
 
@@ -137,6 +146,12 @@ impl LoadTracker {
     /// A request was dispatched to `worker`: `prefill_tokens` prompt tokens it must compute
     /// (uncached part), `blocks` KV blocks it will hold. Allocation-free once warmed up.
     pub fn begin(&mut self, worker: WorkerKey, prefill_tokens: u64, blocks: u64) -> Ticket {
+        self.blocks_per_request = if self.blocks_per_request == 0.0 {
+            blocks as f64
+        } else {
+            self.blocks_per_request
+                + BLOCKS_PER_REQUEST_ALPHA * (blocks as f64 - self.blocks_per_request)
+        };
         let wi = self.worker_idx(worker);
         let ws = &mut self.workers[wi as usize];
         ws.own.requests += 1;
@@ -262,7 +277,21 @@ impl LoadTracker {
             ws.own = Delta::default();
             ws.since_report = Delta::default();
             ws.engine = None;
+            ws.external_requests = 0;
         }
+    }
+
+    /// Other routers (active-active frontend replicas sharing this fleet) have `requests` in
+    /// flight on `worker` now: an absolute count that replaces the previous one. Each is
+    /// assumed to hold the running mean of prompt blocks of this router's own requests (the
+    /// replicas behind one load balancer see the same traffic) and to be past its prefill.
+    pub fn set_external(&mut self, worker: WorkerKey, requests: u32) {
+        let wi = self.worker_idx(worker);
+        self.workers[wi as usize].external_requests = requests;
+    }
+
+    fn external_blocks(&self, ws: &WorkerState) -> u64 {
+        (f64::from(ws.external_requests) * self.blocks_per_request).round() as u64
     }
 
     /// The load policies should see for `worker` at time `now`: a fresh engine report plus what
@@ -272,23 +301,33 @@ impl LoadTracker {
             return LoadSnapshot::default();
         };
         let ws = &self.workers[wi as usize];
+        // This router's requests plus the other routers' (as they last reported them).
+        let fleet_requests = ws.own.requests.saturating_add(ws.external_requests);
+        let fleet_blocks = ws.own.blocks.saturating_add(self.external_blocks(ws));
         match ws.engine {
+            // The engine's report already includes every router's requests as of its time;
+            // the routers' live counts can be newer (a burst since the report): whichever
+            // is larger.
             Some((e, at)) if now - at <= self.max_engine_age => LoadSnapshot {
                 active_requests: e
                     .running_requests
                     .saturating_add(e.waiting_requests)
-                    .saturating_add(ws.since_report.requests),
+                    .saturating_add(ws.since_report.requests)
+                    .max(fleet_requests),
                 prefill_tokens: match e.prefill_tokens {
                     Some(p) => p.saturating_add(ws.since_report.prefill_tokens),
                     None => ws.own.prefill_tokens,
                 },
-                active_blocks: e.active_blocks.saturating_add(ws.since_report.blocks),
+                active_blocks: e
+                    .active_blocks
+                    .saturating_add(ws.since_report.blocks)
+                    .max(fleet_blocks),
                 engine_reported: true,
             },
             _ => LoadSnapshot {
-                active_requests: ws.own.requests,
+                active_requests: fleet_requests,
                 prefill_tokens: ws.own.prefill_tokens,
-                active_blocks: ws.own.blocks,
+                active_blocks: fleet_blocks,
                 engine_reported: false,
             },
         }
@@ -377,6 +416,41 @@ mod tests {
         let s = t.snapshot(W, 15.5);
         assert!(!s.engine_reported);
         assert_eq!(s, LoadSnapshot::default());
+    }
+
+    #[test]
+    fn external_requests_add_to_own_and_blend_with_engine_reports() {
+        let mut t = LoadTracker::new(5.0);
+        let a = t.begin(W, 100, 10);
+        let _b = t.begin(W, 100, 30); // mean blocks per request: 10 + 0.05 × (30 − 10) = 11
+        t.set_external(W, 3);
+        let s = t.snapshot(W, 0.0);
+        assert_eq!((s.active_requests, s.active_blocks), (5, 40 + 33));
+        assert_eq!(s.prefill_tokens, 200, "peers' requests count as decoding");
+        // Absolute, not cumulative.
+        t.set_external(W, 1);
+        assert_eq!(t.snapshot(W, 0.0).active_requests, 3);
+        // Other workers are unaffected.
+        let other = WorkerKey::new(2, 0);
+        assert_eq!(t.snapshot(other, 0.0), LoadSnapshot::default());
+        // A fresh engine report that already counts everyone wins when larger ...
+        let report = |running| EngineLoad {
+            running_requests: running,
+            waiting_requests: 0,
+            active_blocks: 500,
+            prefill_tokens: None,
+        };
+        t.report(W, report(9), 1.0);
+        let s = t.snapshot(W, 1.5);
+        assert_eq!((s.active_requests, s.active_blocks), (9, 500));
+        // ... and the routers' live counts win when a burst came after the report.
+        t.set_external(W, 20);
+        let s = t.snapshot(W, 1.5);
+        assert_eq!((s.active_requests, s.active_blocks), (22, 500));
+        // A removed worker forgets its external load.
+        t.finish(a).unwrap();
+        t.remove_worker(W);
+        assert_eq!(t.snapshot(W, 1.5), LoadSnapshot::default());
     }
 
     #[test]

@@ -105,6 +105,19 @@ impl Router {
         self.load.report(worker, load, now);
     }
 
+    /// Another router (an active-active replica) routed a prompt with chained block `hashes`
+    /// to `worker` at `now`: in approximate/hybrid modes the worker is predicted to cache it,
+    /// exactly as if this router had routed it. A no-op with `kv_feed = "events"`.
+    pub fn record_prediction(&mut self, worker: WorkerKey, hashes: &[BlockHash], now: f64) {
+        self.index.record_routing(worker, hashes, now);
+    }
+
+    /// Other routers have `requests` in flight on `worker` now (absolute; replaces the last
+    /// value): added to this router's own count in the load the policies see.
+    pub fn set_external_load(&mut self, worker: WorkerKey, requests: u32) {
+        self.load.set_external(worker, requests);
+    }
+
     /// A worker (re)joined the fleet.
     pub fn add_worker(&mut self, worker: WorkerKey) {
         self.index.add_worker(worker);

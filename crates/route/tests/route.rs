@@ -235,6 +235,62 @@ fn approximate_mode_learns_from_its_own_decisions() {
 }
 
 #[test]
+fn predictions_from_other_routers_feed_the_approximate_index_only() {
+    let hashes = BlockHasher::new(16)
+        .unwrap()
+        .hash(&(0..3200).collect::<Vec<u32>>());
+    let workers = [w(1), w(2), w(3)];
+    for (feed, expect) in [
+        (KvFeed::Approximate, 200),
+        (KvFeed::Hybrid, 200),
+        (KvFeed::Events, 0),
+    ] {
+        let cfg = RouterConfig {
+            kv_feed: feed,
+            approx_ttl_secs: 60.0,
+            predicted_ttl_secs: 60.0,
+            ..RouterConfig::default()
+        };
+        let mut r = Router::new(cfg).unwrap();
+        // Replica B routed this prompt to worker 3: replica A (this router) never did.
+        r.record_prediction(w(3), &hashes, 0.0);
+        let d = r.choose(&hashes, 3200, &workers, 1.0).unwrap();
+        assert_eq!(d.candidates[2].overlap_blocks, expect, "{feed:?}");
+        if expect > 0 {
+            assert_eq!(d.worker, w(3), "{feed:?}");
+        }
+        // Nothing was booked: a prediction is not load.
+        assert_eq!(r.load().in_flight(), 0);
+        assert_eq!(r.snapshot(w(3), 1.0), LoadSnapshot::default());
+        // The prediction ages out like the router's own.
+        let d = r.choose(&hashes, 3200, &workers, 100.0).unwrap();
+        assert_eq!(d.candidates[2].overlap_blocks, 0, "{feed:?}");
+    }
+}
+
+#[test]
+fn external_load_steers_least_load_away_from_busy_peers() {
+    let cfg = RouterConfig {
+        policy: PolicyKind::LeastLoad,
+        ..RouterConfig::default()
+    };
+    let mut r = Router::new(cfg).unwrap();
+    let workers = [w(1), w(2)];
+    // Another replica has 4 requests on worker 1, this one 1 on worker 2.
+    r.set_external_load(w(1), 4);
+    let (_, t) = r.route(&[], 16, &[w(2)], 0.0).unwrap();
+    assert_eq!(r.snapshot(w(1), 0.0).active_requests, 4);
+    assert_eq!(r.snapshot(w(2), 0.0).active_requests, 1);
+    let d = r.choose(&[], 16, &workers, 0.0).unwrap();
+    assert_eq!(d.worker, w(2));
+    // The peer's requests finish: worker 1 is the idle one now.
+    r.set_external_load(w(1), 0);
+    let d = r.choose(&[], 16, &workers, 0.0).unwrap();
+    assert_eq!(d.worker, w(1));
+    r.finish(t).unwrap();
+}
+
+#[test]
 fn route_pair_books_both_sides() {
     let mut r = Router::new(RouterConfig::default()).unwrap();
     let hashes = BlockHasher::new(16)

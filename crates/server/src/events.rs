@@ -92,6 +92,17 @@ pub async fn subscribe_once(
     tx: mpsc::Sender<ZmqMessage>,
     retry: Duration,
 ) -> anyhow::Result<()> {
+    subscribe_once_notify(endpoint, tx, retry, || {}).await
+}
+
+/// [`subscribe_once`], calling `on_subscribed` once the socket is connected and subscribed
+/// (the router's "warm" signal: events from now on reach it).
+pub async fn subscribe_once_notify(
+    endpoint: &str,
+    tx: mpsc::Sender<ZmqMessage>,
+    retry: Duration,
+    on_subscribed: impl FnOnce() + Send + 'static,
+) -> anyhow::Result<()> {
     let ep = normalize_endpoint(endpoint);
     let task = tokio::spawn(async move {
         let mut sock = loop {
@@ -105,6 +116,7 @@ pub async fn subscribe_once(
         sock.subscribe("")
             .await
             .map_err(|e| anyhow::anyhow!("subscribe: {e}"))?;
+        on_subscribed();
         loop {
             let msg = sock
                 .recv()

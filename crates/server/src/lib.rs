@@ -13,7 +13,8 @@ pub mod pd;
 pub mod tokenizer;
 pub mod worker;
 
-pub use worker::{WorkerArgs, run_worker};
+pub use switchyard_cluster::RegisterArgs;
+pub use worker::{WorkerArgs, run_register, run_worker};
 pub mod serve;
 
 pub use serve::{ServeArgs, run_serve};

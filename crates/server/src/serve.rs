@@ -10,11 +10,16 @@
 //! KV path: one task per worker subscribes to its ZMQ KV events, decodes both vLLM encodings,
 //! recomputes the router's hashes from `token_ids`, and feeds the index; a sequence gap or a
 //! reconnect clears that worker's entries (they are rebuilt from new events).
+//!
+//! Cluster path (optional, `switchyard-cluster`): `--discovery` watches worker records in etcd
+//! and adds/removes workers as their leases come and go; `--nats` shares this replica's
+//! routing predictions and in-flight counts with the other replicas and folds theirs into the
+//! router (see `docs/cluster.md` for the consistency model).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,13 +34,20 @@ use futures_util::{Stream, StreamExt, stream};
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use switchyard_cluster::{
+    DEFAULT_PREFIX, DEFAULT_SUBJECT_PREFIX, Discovery, DiscoveryConfig, Fanout, FanoutConfig,
+    LinkHealth, LinkState, MembershipEvent, Prediction, default_replica_id,
+};
 use switchyard_engine::Role;
 use switchyard_kv::wire::{WireEvent, decode_batch};
 use switchyard_kv::{BlockHasher, EngineHashTranslator, KvEvent, WorkerKey};
-use switchyard_route::{PolicyKind, RouteGuard, Router as Core, RouterConfig, SharedRouter};
-use tokio::sync::{Notify, mpsc};
+use switchyard_route::{
+    Decision, KvFeed, PairDecision, PairGuards, PolicyKind, RouteGuard, Router as Core,
+    RouterConfig, SharedRouter,
+};
+use tokio::sync::{Notify, mpsc, watch};
 
-use crate::events::{split_frames, subscribe_once};
+use crate::events::{split_frames, subscribe_once_notify};
 use crate::openai::{ApiError, Endpoint, parse_request, read_body};
 use crate::tokenizer::prompt_tokens_async;
 use crate::worker::{WorkerArgs, WorkerHandle, not_found, start_worker};
@@ -84,6 +96,30 @@ pub struct ServeArgs {
     /// with `bootstrap_host`/`bootstrap_port`/`bootstrap_room`).
     #[arg(long, value_enum, default_value_t = PdProtocol::Vllm)]
     pub pd_protocol: PdProtocol,
+    /// Discover workers registered in etcd (`etcd://HOST:2379[,HOST:2379...]`, written by
+    /// `switchyard worker --register` or the `switchyard register` sidecar): they join and
+    /// leave routing live, alongside `--worker` and `POST /v1/workers`.
+    #[arg(long, value_name = "etcd://HOST:PORT")]
+    pub discovery: Option<String>,
+    /// Key prefix of worker records in etcd.
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    pub discovery_prefix: String,
+    /// Share routing state with the other `serve` replicas of this fleet over NATS
+    /// (`nats://HOST:4222`): approximate-mode predictions and in-flight request counts.
+    #[arg(long, value_name = "nats://HOST:PORT")]
+    pub nats: Option<String>,
+    /// NATS subject prefix (replicas sharing one fleet use the same).
+    #[arg(long, default_value = DEFAULT_SUBJECT_PREFIX)]
+    pub nats_subject_prefix: String,
+    /// This replica's id on NATS, unique per replica, `[A-Za-z0-9_-]` (default:
+    /// `<hostname>-<port>`; the pod name on Kubernetes).
+    #[arg(long)]
+    pub replica_id: Option<String>,
+    /// With `--discovery` or `--nats`: seconds a starting replica waits at most to be warm
+    /// (membership read from etcd and subscribed to every worker's KV events); `/ready`
+    /// answers 503 until then.
+    #[arg(long, default_value_t = 5.0)]
+    pub warmup_timeout: f64,
 }
 
 /// How a disaggregated request reaches its prefill and decode workers.
@@ -111,6 +147,12 @@ impl Default for ServeArgs {
             max_attempts: 3,
             max_body_bytes: 16 << 20,
             pd_protocol: PdProtocol::Vllm,
+            discovery: None,
+            discovery_prefix: DEFAULT_PREFIX.to_string(),
+            nats: None,
+            nats_subject_prefix: DEFAULT_SUBJECT_PREFIX.to_string(),
+            replica_id: None,
+            warmup_timeout: 5.0,
         }
     }
 }
@@ -220,9 +262,38 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 w.kv_events.as_deref().unwrap_or("off")
             );
         }
-        tokio::signal::ctrl_c().await?;
+        if let Some(d) = &args.discovery {
+            eprintln!(
+                "  discovering workers in etcd {d} under {}",
+                args.discovery_prefix
+            );
+        }
+        if let Some(f) = &h.state.cluster.fanout {
+            eprintln!(
+                "  sharing routing state over NATS {} as replica {}",
+                args.nats.as_deref().unwrap_or(""),
+                f.replica_id()
+            );
+        }
+        shutdown_signal().await;
         Ok(())
     })
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes sends).
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// A running frontend.
@@ -232,17 +303,27 @@ pub struct ServeHandle {
     pub local_workers: Vec<WorkerHandle>,
     state: Arc<ServeState>,
     server: tokio::task::JoinHandle<()>,
+    /// Discovery watch and prediction intake (they own the etcd watch and the NATS stream).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ServeHandle {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// The replica id used on NATS (with `--nats`).
+    pub fn replica_id(&self) -> Option<&str> {
+        self.state.cluster.fanout.as_ref().map(|f| f.replica_id())
+    }
 }
 
 impl Drop for ServeHandle {
     fn drop(&mut self) {
         self.server.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
         if let Ok(ws) = self.state.workers.read() {
             for w in ws.iter() {
                 w.stop();
@@ -307,6 +388,19 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
     }
     anyhow::ensure!(args.max_attempts >= 1, "--max-attempts must be at least 1");
     anyhow::ensure!(
+        args.warmup_timeout >= 0.0 && args.warmup_timeout.is_finite(),
+        "--warmup-timeout must be >= 0 seconds"
+    );
+    let discovery_cfg = match &args.discovery {
+        Some(url) => {
+            let mut c =
+                DiscoveryConfig::from_url(url).map_err(|e| anyhow::anyhow!("--discovery: {e}"))?;
+            c.prefix = args.discovery_prefix.clone();
+            Some(c)
+        }
+        None => None,
+    };
+    anyhow::ensure!(
         args.health_interval > 0.0 && args.health_interval.is_finite(),
         "--health-interval must be positive"
     );
@@ -317,6 +411,32 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
     });
     let core = Core::new(router_cfg.clone())?;
     let policy = core.policy_name();
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+    let addr = listener.local_addr()?;
+    // Connects in the background: a NATS server that is down now is retried.
+    let (fanout, predictions) = match &args.nats {
+        Some(url) => {
+            let id = args
+                .replica_id
+                .clone()
+                .unwrap_or_else(|| default_replica_id(addr.port()));
+            let mut c = FanoutConfig::new(url, &id);
+            c.subject_prefix = args.nats_subject_prefix.clone();
+            let mut f = Fanout::connect_with(c)
+                .await
+                .map_err(|e| anyhow::anyhow!("--nats: {e}"))?;
+            let rx = f.take_predictions();
+            (Some(Arc::new(f)), rx)
+        }
+        None => (None, None),
+    };
+    let discovery = match discovery_cfg {
+        Some(c) => Some(Discovery::watch(c).map_err(|e| anyhow::anyhow!("--discovery: {e}"))?),
+        None => None,
+    };
+    let clustered = fanout.is_some() || discovery.is_some();
     let state = Arc::new(ServeState {
         workers: RwLock::new(Vec::new()),
         next_id: AtomicU64::new(0),
@@ -337,14 +457,31 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
         max_body: args.max_body_bytes,
         pd_protocol: args.pd_protocol,
         rng: Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::from_os_rng()),
+        share_predictions: router_cfg.kv_feed != KvFeed::Events,
+        cluster: Cluster {
+            etcd: discovery.as_ref().map(Discovery::health),
+            fanout,
+            discovered: Mutex::new(FxHashMap::default()),
+            membership_loaded: AtomicBool::new(discovery.is_none()),
+            clustered,
+            warm_deadline: Instant::now() + Duration::from_secs_f64(args.warmup_timeout),
+            warm: AtomicBool::new(false),
+            predictions_applied: AtomicU64::new(0),
+            predictions_unknown_worker: AtomicU64::new(0),
+            joins: AtomicU64::new(0),
+            leaves: AtomicU64::new(0),
+        },
     });
     for s in specs {
         state.add_worker(s).await;
     }
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", args.host, args.port))?;
-    let addr = listener.local_addr()?;
+    let mut tasks = Vec::new();
+    if let Some(d) = discovery {
+        tasks.push(tokio::spawn(watch_membership(Arc::downgrade(&state), d)));
+    }
+    if let Some(rx) = predictions {
+        tasks.push(tokio::spawn(apply_predictions(Arc::downgrade(&state), rx)));
+    }
     let app = Router::new()
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
@@ -376,6 +513,7 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
         local_workers: local,
         state,
         server,
+        tasks,
     })
 }
 
@@ -396,6 +534,12 @@ struct WorkerEntry {
     subscriber: Mutex<Option<tokio::task::JoinHandle<()>>>,
     events: AtomicU64,
     seq_gaps: AtomicU64,
+    /// The KV-event subscription is connected (events published from now on arrive).
+    subscribed: AtomicBool,
+    /// Highest DP rank seen in its events (its index entries live under ranks 0..=this).
+    max_rank: AtomicU32,
+    /// The etcd record id, for workers that came from `--discovery`.
+    discovered_as: Option<String>,
 }
 
 impl WorkerEntry {
@@ -426,6 +570,56 @@ struct ServeState {
     pd_protocol: PdProtocol,
     /// Bootstrap rooms (SGLang).
     rng: Mutex<rand::rngs::StdRng>,
+    /// Publish routing predictions to the other replicas (approximate/hybrid feeds: in
+    /// events mode every replica reads the same engine events, predictions add nothing).
+    share_predictions: bool,
+    cluster: Cluster,
+}
+
+/// Membership from etcd and fan-out state (both optional).
+struct Cluster {
+    /// Discovery link health (`--discovery`).
+    etcd: Option<watch::Receiver<LinkHealth>>,
+    /// NATS fan-out (`--nats`).
+    fanout: Option<Arc<Fanout>>,
+    /// etcd record id -> worker id, for workers that came from discovery.
+    discovered: Mutex<FxHashMap<String, u64>>,
+    /// The first membership snapshot has been applied (true without discovery).
+    membership_loaded: AtomicBool,
+    /// Started with `--discovery` or `--nats`: readiness waits for warm-up.
+    clustered: bool,
+    warm_deadline: Instant,
+    /// Latched once warm (a worker joining later does not make the replica cold).
+    warm: AtomicBool,
+    predictions_applied: AtomicU64,
+    predictions_unknown_worker: AtomicU64,
+    joins: AtomicU64,
+    leaves: AtomicU64,
+}
+
+/// One routed request's load on one worker: the router's RAII guard plus, with NATS fan-out,
+/// this replica's in-flight count shared with the other replicas (+1 when booked, −1 when
+/// dropped: completion, failure, client gone).
+struct Booking {
+    guard: RouteGuard,
+    _shared: Option<SharedInflight>,
+}
+
+impl Booking {
+    fn prefill_done(&self) {
+        self.guard.prefill_done();
+    }
+}
+
+struct SharedInflight {
+    fan: Arc<Fanout>,
+    worker: String,
+}
+
+impl Drop for SharedInflight {
+    fn drop(&mut self) {
+        self.fan.inflight_add(&self.worker, 0, -1);
+    }
 }
 
 impl ServeState {
@@ -434,6 +628,18 @@ impl ServeState {
     }
 
     async fn add_worker(self: &Arc<Self>, spec: WorkerSpec) -> Arc<WorkerEntry> {
+        let w = self.insert_worker(spec, None);
+        self.check(&w).await;
+        w
+    }
+
+    /// Register a worker: listed at once, routed once a health check passes (it starts
+    /// unhealthy), its KV-event subscription started.
+    fn insert_worker(
+        self: &Arc<Self>,
+        spec: WorkerSpec,
+        discovered_as: Option<String>,
+    ) -> Arc<WorkerEntry> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let w = Arc::new(WorkerEntry {
             id,
@@ -448,6 +654,9 @@ impl ServeState {
             subscriber: Mutex::new(None),
             events: AtomicU64::new(0),
             seq_gaps: AtomicU64::new(0),
+            subscribed: AtomicBool::new(false),
+            max_rank: AtomicU32::new(0),
+            discovered_as,
         });
         self.router.lock().add_worker(w.key());
         if let Some(ep) = w.spec.kv_events.clone() {
@@ -456,11 +665,159 @@ impl ServeState {
                 *s = Some(h);
             }
         }
-        self.check(&w).await;
         if let Ok(mut ws) = self.workers.write() {
             ws.push(w.clone());
         }
         w
+    }
+
+    /// Apply one etcd membership change.
+    fn apply_membership(self: &Arc<Self>, ev: MembershipEvent) {
+        match ev {
+            MembershipEvent::Upsert(rec) => {
+                // A changed record (typically a restarted worker: new incarnation) replaces
+                // the old entry, whose cache and event stream are gone.
+                let old = self.lock_discovered().remove(&rec.id);
+                if let Some(old) = old {
+                    self.remove_worker(old);
+                }
+                let spec = WorkerSpec {
+                    url: rec.url.trim_end_matches('/').to_string(),
+                    kv_events: rec.kv_events.clone(),
+                    role: rec.role.as_str().to_string(),
+                    bootstrap_port: None,
+                };
+                let dup = self
+                    .workers
+                    .read()
+                    .map(|ws| {
+                        ws.iter()
+                            .any(|w| w.spec.url == spec.url && w.discovered_as.is_none())
+                    })
+                    .unwrap_or(false);
+                if dup {
+                    eprintln!(
+                        "switchyard serve: etcd worker {} ({}) is already configured; keeping the existing entry",
+                        rec.id, spec.url
+                    );
+                    return;
+                }
+                let w = self.insert_worker(spec, Some(rec.id.clone()));
+                self.lock_discovered().insert(rec.id.clone(), w.id);
+                self.cluster.joins.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "switchyard serve: worker {} joined from etcd: {} {}",
+                    rec.id, rec.role, rec.url
+                );
+                // Health check off the membership path: a dead worker whose lease has not
+                // expired yet must not delay the next change.
+                let st = self.clone();
+                tokio::spawn(async move { st.check(&w).await });
+            }
+            MembershipEvent::Remove(id) => {
+                let wid = self.lock_discovered().remove(&id);
+                if let Some(wid) = wid {
+                    self.remove_worker(wid);
+                    self.cluster.leaves.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("switchyard serve: worker {id} left (etcd record gone)");
+                }
+            }
+        }
+    }
+
+    fn lock_discovered(&self) -> std::sync::MutexGuard<'_, FxHashMap<String, u64>> {
+        self.cluster
+            .discovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Warm: the membership is read (with discovery) and every worker's KV-event
+    /// subscription is connected — or the warm-up timeout passed. Latched.
+    fn is_warm(&self) -> bool {
+        if self.cluster.warm.load(Ordering::Relaxed) {
+            return true;
+        }
+        let subscribed = self
+            .workers
+            .read()
+            .map(|ws| {
+                ws.iter()
+                    .filter(|w| w.spec.kv_events.is_some())
+                    .all(|w| w.subscribed.load(Ordering::Relaxed))
+            })
+            .unwrap_or(false);
+        let warm = (self.cluster.membership_loaded.load(Ordering::Relaxed) && subscribed)
+            || Instant::now() >= self.cluster.warm_deadline;
+        if warm {
+            self.cluster.warm.store(true, Ordering::Relaxed);
+        }
+        warm
+    }
+
+    /// Route among `pool` (with peers' in-flight counts blended in first).
+    fn route(
+        &self,
+        hashes: &[u64],
+        tokens: u32,
+        pool: &[Arc<WorkerEntry>],
+    ) -> Result<(Decision, RouteGuard), ApiError> {
+        self.blend_peer_load(&[pool]);
+        let keys: Vec<WorkerKey> = pool.iter().map(|w| w.key()).collect();
+        self.router
+            .route(hashes, tokens, &keys, self.now())
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    }
+
+    /// Route a (prefill, decode) pair (with peers' in-flight counts blended in first).
+    fn route_pair(
+        &self,
+        hashes: &[u64],
+        tokens: u32,
+        prefill: &[Arc<WorkerEntry>],
+        decode: &[Arc<WorkerEntry>],
+    ) -> Result<(PairDecision, PairGuards), ApiError> {
+        self.blend_peer_load(&[prefill, decode]);
+        let pkeys: Vec<WorkerKey> = prefill.iter().map(|w| w.key()).collect();
+        let dkeys: Vec<WorkerKey> = decode.iter().map(|w| w.key()).collect();
+        self.router
+            .route_pair(hashes, tokens, &pkeys, &dkeys, self.now())
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    }
+
+    /// The other replicas' in-flight requests on these workers, as they last told us.
+    fn blend_peer_load(&self, pools: &[&[Arc<WorkerEntry>]]) {
+        let Some(f) = &self.cluster.fanout else {
+            return;
+        };
+        let counts: Vec<(WorkerKey, u32)> = pools
+            .iter()
+            .flat_map(|p| p.iter())
+            .map(|w| (w.key(), f.remote_inflight(&w.spec.url, 0)))
+            .collect();
+        let mut r = self.router.lock();
+        for (k, n) in counts {
+            r.set_external_load(k, n);
+        }
+    }
+
+    /// Attach the fan-out side to a routed request's guard: tell the other replicas (the
+    /// prediction, in approximate/hybrid modes, and +1 in flight; −1 when it ends).
+    fn book(&self, guard: RouteGuard, w: &WorkerEntry, hashes: &[u64]) -> Booking {
+        let shared = self.cluster.fanout.as_ref().map(|f| {
+            if self.share_predictions && !hashes.is_empty() {
+                f.publish_prediction(&w.spec.url, 0, hashes);
+            }
+            f.inflight_add(&w.spec.url, 0, 1);
+            SharedInflight {
+                fan: f.clone(),
+                worker: w.spec.url.clone(),
+            }
+        });
+        Booking {
+            guard,
+            _shared: shared,
+        }
     }
 
     fn remove_worker(&self, id: u64) -> bool {
@@ -471,7 +828,11 @@ impl ServeState {
         match removed {
             Some(w) => {
                 w.stop();
-                self.router.lock().remove_worker(w.key());
+                // Its cache entries (every DP rank it reported) and its load go.
+                let mut r = self.router.lock();
+                for rank in 0..=w.max_rank.load(Ordering::Relaxed) {
+                    r.remove_worker(WorkerKey::new(w.id, rank));
+                }
                 true
             }
             None => false,
@@ -599,6 +960,83 @@ impl ServeState {
     }
 }
 
+// ----- cluster: etcd membership, NATS predictions ------------------------------------------------
+
+/// Apply etcd membership changes until the handle is dropped. The first snapshot counts as
+/// "membership loaded" once discovery reports connected (it sends the snapshot's events
+/// before it flips its health, so they are all queued by then).
+async fn watch_membership(state: std::sync::Weak<ServeState>, mut disc: Discovery) {
+    let mut health = disc.health();
+    let mut loaded = false;
+    loop {
+        if !loaded && health.borrow_and_update().connects > 0 {
+            let Some(st) = state.upgrade() else { return };
+            while let Some(ev) = disc.try_recv() {
+                st.apply_membership(ev);
+            }
+            st.cluster.membership_loaded.store(true, Ordering::Relaxed);
+            loaded = true;
+        }
+        tokio::select! {
+            ev = disc.recv() => {
+                let Some(ev) = ev else { return };
+                let Some(st) = state.upgrade() else { return };
+                st.apply_membership(ev);
+            }
+            r = health.changed() => {
+                if r.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Fold the other replicas' routing predictions into the approximate index. Workers are
+/// named by URL on the wire (the same on every replica).
+async fn apply_predictions(state: std::sync::Weak<ServeState>, mut rx: mpsc::Receiver<Prediction>) {
+    let mut batch: Vec<Prediction> = Vec::new();
+    while let Some(p) = rx.recv().await {
+        batch.push(p);
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let Some(st) = state.upgrade() else { return };
+        let ws: Vec<_> = st.workers.read().map(|w| w.clone()).unwrap_or_default();
+        let now = st.now();
+        let (mut applied, mut unknown) = (0, 0);
+        {
+            let mut r = st.router.lock();
+            for p in batch.drain(..) {
+                match ws.iter().find(|w| w.spec.url == p.worker) {
+                    Some(w) if p.dp_rank < MAX_DP_RANKS => {
+                        r.record_prediction(WorkerKey::new(w.id, p.dp_rank), &p.hashes, now);
+                        applied += 1;
+                    }
+                    _ => unknown += 1,
+                }
+            }
+        }
+        let c = &st.cluster;
+        c.predictions_applied.fetch_add(applied, Ordering::Relaxed);
+        c.predictions_unknown_worker
+            .fetch_add(unknown, Ordering::Relaxed);
+    }
+}
+
+fn link_json(h: &LinkHealth) -> Value {
+    json!({
+        "state": h.state.as_str(),
+        "since_unix": h.since_unix(),
+        "for_s": h.for_duration().as_secs_f64(),
+        "connects": h.connects,
+        "last_error": h.last_error,
+    })
+}
+
 // ----- KV events ------------------------------------------------------------------------------
 
 async fn subscriber(state: std::sync::Weak<ServeState>, w: Arc<WorkerEntry>, endpoint: String) {
@@ -608,8 +1046,11 @@ async fn subscriber(state: std::sync::Weak<ServeState>, w: Arc<WorkerEntry>, end
     loop {
         let (tx, mut rx) = mpsc::channel(1024);
         let ep = endpoint.clone();
+        w.subscribed.store(false, Ordering::Relaxed);
+        let connected = w.clone();
         let sub = tokio::spawn(async move {
-            let _ = subscribe_once(&ep, tx, Duration::from_millis(200)).await;
+            let on = move || connected.subscribed.store(true, Ordering::Relaxed);
+            let _ = subscribe_once_notify(&ep, tx, Duration::from_millis(200), on).await;
         });
         let mut last_seq: Option<u64> = None;
         if had_state {
@@ -636,6 +1077,7 @@ async fn subscriber(state: std::sync::Weak<ServeState>, w: Arc<WorkerEntry>, end
                     had_state = true;
                     if let Some(r) = apply_payload(&st, &w, &mut translator, &payload) {
                         max_rank = max_rank.max(r);
+                        w.max_rank.fetch_max(r, Ordering::Relaxed);
                     }
                 }
                 _ = w.reconnect.notified() => break,
@@ -763,6 +1205,8 @@ fn worker_json(st: &ServeState, w: &WorkerEntry) -> Value {
         "upstream_errors": w.errors.load(Ordering::Relaxed),
         "kv_events_received": w.events.load(Ordering::Relaxed),
         "kv_event_seq_gaps": w.seq_gaps.load(Ordering::Relaxed),
+        "kv_events_subscribed": w.spec.kv_events.is_some().then(|| w.subscribed.load(Ordering::Relaxed)),
+        "discovered_as": w.discovered_as,
     })
 }
 
@@ -820,11 +1264,48 @@ async fn ready(State(st): State<Arc<ServeState>>) -> Response {
     } else {
         (a > 0, "no healthy worker")
     };
+    // Warm-up gates readiness only for replicas of a fleet (`--discovery`/`--nats`): the
+    // others take the traffic meanwhile. A lone frontend serves at once.
+    let warm = st.is_warm();
+    let (ok, reason) = if ok && st.cluster.clustered && !warm {
+        (
+            false,
+            "warming up: reading the membership and subscribing to the workers' KV events",
+        )
+    } else {
+        (ok, reason)
+    };
+    // etcd or NATS being down degrades routing quality, not availability: still 200.
+    let mut links = serde_json::Map::new();
+    let mut degraded = Vec::new();
+    if let Some(h) = &st.cluster.etcd {
+        let h = h.borrow().clone();
+        if h.state != LinkState::Connected {
+            degraded.push("etcd");
+        }
+        let mut v = link_json(&h);
+        v["workers"] = json!(st.lock_discovered().len());
+        links.insert("etcd".into(), v);
+    }
+    if let Some(f) = &st.cluster.fanout {
+        let h = f.health().borrow().clone();
+        if h.state != LinkState::Connected {
+            degraded.push("nats");
+        }
+        let mut v = link_json(&h);
+        v["replica_id"] = json!(f.replica_id());
+        v["peers"] = json!(f.live_peers());
+        links.insert("nats".into(), v);
+    }
     let body = json!({
         "ready": ok,
+        "warm": warm,
         "mode": if disagg { "disaggregated" } else { "aggregated" },
         "healthy": {"aggregated": a, "prefill": p, "decode": d},
         "reason": if ok { Value::Null } else { json!(reason) },
+        "degraded": !degraded.is_empty(),
+        "degraded_links": degraded,
+        "links": links,
     });
     let status = if ok {
         StatusCode::OK
@@ -930,14 +1411,11 @@ async fn proxy_inner(
         if pool.is_empty() {
             break;
         }
-        let keys: Vec<WorkerKey> = pool.iter().map(|w| w.key()).collect();
         let t_route = Instant::now();
-        let (decision, guard) = st
-            .router
-            .route(&hashes, req.tokens, &keys, st.now())
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let (decision, guard) = st.route(&hashes, req.tokens, &pool)?;
         let route_us = t_route.elapsed().as_micros() as u64;
         let w = pick(&pool, decision.worker)?;
+        let guard = st.book(guard, &w, &hashes);
         st.count_decision(decision.overlap_blocks(), attempt);
         tried.push(w.id);
         match st.send(&w, ep.path(), body.clone()).await {
@@ -999,8 +1477,8 @@ fn relay(
     req: &Req<'_>,
     resp: reqwest::Response,
     w: Arc<WorkerEntry>,
-    guard: RouteGuard,
-    hold: Option<RouteGuard>,
+    guard: Booking,
+    hold: Option<Booking>,
     mut headers: HeaderMap,
 ) -> Response {
     let status = resp.status();
@@ -1075,23 +1553,18 @@ async fn proxy_vllm_pd(
     prefill: &[Arc<WorkerEntry>],
     decode: &[Arc<WorkerEntry>],
 ) -> Result<Response, ApiError> {
-    let pkeys: Vec<WorkerKey> = prefill.iter().map(|w| w.key()).collect();
-    let dkeys: Vec<WorkerKey> = decode.iter().map(|w| w.key()).collect();
-    let (d, guards) = st
-        .router
-        .route_pair(req.hashes, req.tokens, &pkeys, &dkeys, st.now())
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (d, guards) = st.route_pair(req.hashes, req.tokens, prefill, decode)?;
     st.count_decision(d.decode.overlap_blocks(), 0);
     let mut dw = pick(decode, d.decode.worker)?;
-    let mut decode_guard = guards.decode;
+    let mut decode_guard = st.book(guards.decode, &dw, req.hashes);
     let mut body = req.body.clone();
     let mut prefill_hold = None;
     let mut prefill_worker = None;
     if let Some(pd) = &d.prefill {
         st.metrics.pd_remote.fetch_add(1, Ordering::Relaxed);
         let t_prefill = Instant::now();
-        let mut pguard = guards.prefill;
         let mut pw = pick(prefill, pd.worker)?;
+        let mut pguard = guards.prefill.map(|g| st.book(g, &pw, req.hashes));
         let prefill_body = with_fields(
             req.body,
             &[
@@ -1147,16 +1620,10 @@ async fn proxy_vllm_pd(
                             ),
                         ));
                     }
-                    let keys: Vec<WorkerKey> = retry.iter().map(|w| w.key()).collect();
-                    let (rd, g) = st
-                        .router
-                        .route(req.hashes, req.tokens, &keys, st.now())
-                        .map_err(|e| {
-                            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                        })?;
+                    let (rd, g) = st.route(req.hashes, req.tokens, &retry)?;
                     st.metrics.retries.fetch_add(1, Ordering::Relaxed);
                     pw = pick(&retry, rd.worker)?;
-                    pguard = Some(g);
+                    pguard = Some(st.book(g, &pw, req.hashes));
                     tried.push(pw.id);
                 }
             }
@@ -1201,14 +1668,10 @@ async fn proxy_vllm_pd(
                 if tried.len() as u32 >= st.max_attempts || retry.is_empty() {
                     return Err(all_failed(tried.len(), &e));
                 }
-                let keys: Vec<WorkerKey> = retry.iter().map(|w| w.key()).collect();
-                let (rd, g) = st
-                    .router
-                    .route(req.hashes, req.tokens, &keys, st.now())
-                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                let (rd, g) = st.route(req.hashes, req.tokens, &retry)?;
                 st.metrics.retries.fetch_add(1, Ordering::Relaxed);
                 dw = pick(&retry, rd.worker)?;
-                decode_guard = g;
+                decode_guard = st.book(g, &dw, req.hashes);
                 tried.push(dw.id);
             }
         }
@@ -1233,14 +1696,10 @@ async fn proxy_sglang_pd(
         if pool_d.is_empty() {
             break;
         }
-        let pkeys: Vec<WorkerKey> = pool_p.iter().map(|w| w.key()).collect();
-        let dkeys: Vec<WorkerKey> = pool_d.iter().map(|w| w.key()).collect();
-        let (d, guards) = st
-            .router
-            .route_pair(req.hashes, req.tokens, &pkeys, &dkeys, st.now())
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let (d, guards) = st.route_pair(req.hashes, req.tokens, &pool_p, &pool_d)?;
         st.count_decision(d.decode.overlap_blocks(), attempt);
         let dw = pick(&pool_d, d.decode.worker)?;
+        let dguard = st.book(guards.decode, &dw, req.hashes);
         let Some(pdec) = &d.prefill else {
             // Local prefill: the decode worker gets the request as is.
             st.metrics.pd_local.fetch_add(1, Ordering::Relaxed);
@@ -1249,7 +1708,7 @@ async fn proxy_sglang_pd(
                 Ok(resp) => {
                     let mut headers = HeaderMap::new();
                     set_placement(&mut headers, None, true);
-                    return Ok(relay(st, req, resp, dw, guards.decode, None, headers));
+                    return Ok(relay(st, req, resp, dw, dguard, None, headers));
                 }
                 Err(e) => {
                     last_err = e;
@@ -1259,6 +1718,7 @@ async fn proxy_sglang_pd(
         };
         st.metrics.pd_remote.fetch_add(1, Ordering::Relaxed);
         let pw = pick(&pool_p, pdec.worker)?;
+        let pguard = guards.prefill.map(|g| st.book(g, &pw, req.hashes));
         let (host, port) = bootstrap_of(&pw);
         let room = {
             let mut rng = st.rng.lock().unwrap_or_else(|e| e.into_inner());
@@ -1279,7 +1739,6 @@ async fn proxy_sglang_pd(
             let pw = pw.clone();
             let body = body.clone();
             let path = req.ep.path();
-            let pguard = guards.prefill;
             tokio::spawn(async move {
                 let r = match st.send(&pw, path, body).await {
                     Ok(r) if r.status().is_success() => {
@@ -1347,7 +1806,7 @@ async fn proxy_sglang_pd(
                     });
                     rx
                 });
-                let mut out = relay(st, req, resp, dw, guards.decode, None, headers);
+                let mut out = relay(st, req, resp, dw, dguard, None, headers);
                 if let Some(rx) = abort
                     && req.stream
                 {
@@ -1431,9 +1890,9 @@ type ByteStream = std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + 
 /// Streams the upstream body to the client, updating load and latency metrics.
 struct Relay {
     upstream: ByteStream,
-    guard: Option<RouteGuard>,
+    guard: Option<Booking>,
     /// A prefill worker's load, held until the decode side's first byte.
-    hold: Option<RouteGuard>,
+    hold: Option<Booking>,
     first: bool,
     start: Instant,
     st: Arc<ServeState>,
@@ -1726,7 +2185,104 @@ async fn metrics(State(st): State<Arc<ServeState>>) -> Response {
         "# HELP switchyard_index_blocks Blocks in the KV index.\n# TYPE switchyard_index_blocks gauge\nswitchyard_index_blocks {blocks}\n# HELP switchyard_workers Workers by health.\n# TYPE switchyard_workers gauge\nswitchyard_workers{{healthy=\"true\"}} {healthy}\nswitchyard_workers{{healthy=\"false\"}} {}",
         total - healthy
     );
+    render_cluster_metrics(&st, &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+fn render_cluster_metrics(st: &ServeState, out: &mut String) {
+    let c = &st.cluster;
+    let state_gauge = |out: &mut String, name: &str, help: &str, h: &LinkHealth| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for s in [
+            LinkState::Connecting,
+            LinkState::Connected,
+            LinkState::Degraded,
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{state=\"{}\"}} {}",
+                s.as_str(),
+                u8::from(h.state == s)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {name}_since_seconds Unix time the current state was entered.\n# TYPE {name}_since_seconds gauge\n{name}_since_seconds {}",
+            h.since_unix()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP {name}_connects_total Successful (re)connections.\n# TYPE {name}_connects_total counter\n{name}_connects_total {}",
+            h.connects
+        );
+    };
+    let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_warm 1 once the replica is warm (membership read, KV events subscribed).\n# TYPE switchyard_warm gauge\nswitchyard_warm {}",
+        u8::from(st.is_warm())
+    );
+    if let Some(h) = &c.etcd {
+        let h = h.borrow().clone();
+        state_gauge(
+            out,
+            "switchyard_discovery_state",
+            "etcd discovery link state (1 for the current one; degraded: serving the last known membership).",
+            &h,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_discovered_workers Workers currently known from etcd.\n# TYPE switchyard_discovered_workers gauge\nswitchyard_discovered_workers {}\n# HELP switchyard_discovery_changes_total Workers joined and left through etcd.\n# TYPE switchyard_discovery_changes_total counter\nswitchyard_discovery_changes_total{{change=\"join\"}} {}\nswitchyard_discovery_changes_total{{change=\"leave\"}} {}",
+            st.lock_discovered().len(),
+            ld(&c.joins),
+            ld(&c.leaves)
+        );
+    }
+    if let Some(f) = &c.fanout {
+        let h = f.health().borrow().clone();
+        state_gauge(
+            out,
+            "switchyard_fanout_state",
+            "NATS fan-out link state (1 for the current one; degraded: routing on local state).",
+            &h,
+        );
+        let s = f.stats();
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_fanout_notes_total Fan-out notes by outcome.\n# TYPE switchyard_fanout_notes_total counter"
+        );
+        for (k, v) in [
+            ("published", s.published),
+            ("dropped", s.dropped),
+            ("received", s.received),
+            ("own_ignored", s.own_ignored),
+            ("decode_error", s.decode_errors),
+            ("prediction_dropped", s.predictions_dropped),
+        ] {
+            let _ = writeln!(out, "switchyard_fanout_notes_total{{outcome=\"{k}\"}} {v}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_fanout_seq_gaps_total Gaps in peers' load-note sequences (repaired by their next snapshot).\n# TYPE switchyard_fanout_seq_gaps_total counter\nswitchyard_fanout_seq_gaps_total {}",
+            s.seq_gaps
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_fanout_predictions_applied_total Peers' predictions folded into the approximate index (unknown_worker: not in this replica's fleet).\n# TYPE switchyard_fanout_predictions_applied_total counter\nswitchyard_fanout_predictions_applied_total{{worker=\"known\"}} {}\nswitchyard_fanout_predictions_applied_total{{worker=\"unknown\"}} {}",
+            ld(&c.predictions_applied),
+            ld(&c.predictions_unknown_worker)
+        );
+        let peers = f.live_peers().len();
+        let remote: u64 = f
+            .remote_inflight_all()
+            .iter()
+            .map(|(_, _, n)| u64::from(*n))
+            .sum();
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_fanout_peers Other replicas heard from within the expiry window.\n# TYPE switchyard_fanout_peers gauge\nswitchyard_fanout_peers {peers}\n# HELP switchyard_fanout_peer_inflight Requests the other replicas have in flight on this fleet.\n# TYPE switchyard_fanout_peer_inflight gauge\nswitchyard_fanout_peer_inflight {remote}"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@ use clap::{Args, ValueEnum};
 use futures_util::stream;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::json;
+use switchyard_cluster::{
+    DEFAULT_PREFIX, RegisterArgs, RegisterConfig, Registration, WorkerRecord,
+};
 use switchyard_engine::{
     Catalog, Engine, EngineConfig, EngineLoad, EngineStats, FinishReason, Request, Role,
 };
@@ -131,6 +134,21 @@ pub struct WorkerArgs {
     /// Fixed setup time of one KV transfer, ms of simulated time.
     #[arg(long, default_value_t = switchyard_sim::config::defaults::TRANSFER_SETUP_MS)]
     pub kv_setup_ms: f64,
+    /// Register this worker in etcd (`etcd://HOST:2379[,HOST:2379...]`) under a lease kept
+    /// alive while it runs and revoked on Ctrl-C/SIGTERM: `serve --discovery` frontends route
+    /// to it. The record carries `http://<advertise host>:<port>`, the role, the KV-events
+    /// endpoint (a wildcard bind address replaced by the advertise host) and the model.
+    #[arg(long, value_name = "etcd://HOST:PORT")]
+    pub register: Option<String>,
+    /// etcd key prefix of worker records.
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    pub register_prefix: String,
+    /// Lease TTL, seconds: how long a crashed worker can stay listed.
+    #[arg(long, default_value_t = 10)]
+    pub register_ttl: u32,
+    /// Worker id in etcd (default: from the advertised URL, e.g. `10.0.0.7-8001`).
+    #[arg(long)]
+    pub register_id: Option<String>,
 }
 
 impl Default for WorkerArgs {
@@ -158,6 +176,10 @@ impl Default for WorkerArgs {
             nic_gb_s: None,
             kv_link_efficiency: switchyard_sim::config::defaults::NIC_EFFICIENCY,
             kv_setup_ms: switchyard_sim::config::defaults::TRANSFER_SETUP_MS,
+            register: None,
+            register_prefix: DEFAULT_PREFIX.to_string(),
+            register_ttl: 10,
+            register_id: None,
         }
     }
 }
@@ -211,9 +233,52 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
                 .map(|e| format!(", KV events on {e}"))
                 .unwrap_or_default()
         );
-        tokio::signal::ctrl_c().await?;
+        let reg = match &args.register {
+            Some(url) => Some(register_worker(&h, &args, url)?),
+            None => None,
+        };
+        crate::serve::shutdown_signal().await;
+        if let Some(reg) = reg {
+            // Revoke: frontends drop this worker now instead of after the lease TTL.
+            reg.shutdown().await;
+        }
         Ok(())
     })
+}
+
+/// Start registering a running worker in etcd as `args` (`--register*`) describe. Keep the
+/// [`Registration`]: `shutdown().await` revokes the lease; dropping it stops the keep-alives
+/// and lets the lease expire (what a crash looks like).
+pub fn register_worker(
+    h: &WorkerHandle,
+    args: &WorkerArgs,
+    etcd: &str,
+) -> anyhow::Result<Registration> {
+    let mut cfg = RegisterConfig::from_url(etcd).map_err(|e| anyhow::anyhow!("--register: {e}"))?;
+    cfg.prefix = args.register_prefix.clone();
+    cfg.ttl_secs = args.register_ttl;
+    let mut rec = h.record();
+    if let Some(id) = &args.register_id {
+        rec.id = id.clone();
+    }
+    let reg =
+        Registration::start(cfg, rec.clone()).map_err(|e| anyhow::anyhow!("--register: {e}"))?;
+    eprintln!(
+        "  registering in etcd {etcd} as {} ({} {}, KV events {}, lease TTL {} s)",
+        reg.key(),
+        rec.role,
+        rec.url,
+        rec.kv_events.as_deref().unwrap_or("off"),
+        args.register_ttl
+    );
+    Ok(reg)
+}
+
+/// Blocking entry point of `switchyard register` (the sidecar next to a real engine).
+pub fn run_register(args: RegisterArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(switchyard_cluster::run_register(args))
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// A running worker.
@@ -227,6 +292,9 @@ pub struct WorkerHandle {
     pub model: String,
     /// Engine role.
     pub role: Role,
+    /// Host other machines reach this worker at (`--advertise-host`, else the bound address,
+    /// or 127.0.0.1 for a wildcard bind).
+    pub advertise_host: String,
     server: tokio::task::JoinHandle<()>,
     driver: tokio::task::JoinHandle<()>,
 }
@@ -236,6 +304,24 @@ impl WorkerHandle {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+    /// The etcd record frontends route by: advertised URL, role, a connectable KV-events
+    /// endpoint, the served model.
+    pub fn record(&self) -> WorkerRecord {
+        let host = bracket_v6(&self.advertise_host);
+        let role = match self.role {
+            Role::Aggregated => switchyard_cluster::Role::Aggregated,
+            Role::Prefill => switchyard_cluster::Role::Prefill,
+            Role::Decode => switchyard_cluster::Role::Decode,
+        };
+        let mut r = WorkerRecord::new(&format!("http://{host}:{}", self.addr.port()), role);
+        r.kv_events = self
+            .kv_events
+            .as_deref()
+            .map(|ep| connectable_endpoint(ep, &host));
+        r.model = Some(self.model.clone());
+        r
+    }
+
     /// Stop serving (simulates a crash: open connections are dropped).
     pub fn shutdown(&self) {
         self.server.abort();
@@ -307,7 +393,7 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", args.host, args.port))?;
     let addr = listener.local_addr()?;
-    let advertise_host = match &args.advertise_host {
+    let advertise_host: String = match &args.advertise_host {
         Some(h) => h.clone(),
         None if addr.ip().is_unspecified() => "127.0.0.1".into(),
         None => addr.ip().to_string(),
@@ -343,7 +429,7 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
         rejected: AtomicU64::new(0),
         max_body: args.max_body_bytes,
         role: cfg.role,
-        advertise: (advertise_host, addr.port()),
+        advertise: (advertise_host.clone(), addr.port()),
         engine_id: engine_id.clone(),
         tp: cfg.tp,
         client: client.clone(),
@@ -380,9 +466,32 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
         kv_events,
         model,
         role: cfg.role,
+        advertise_host,
         server,
         driver,
     })
+}
+
+fn bracket_v6(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// `tcp://0.0.0.0:5557` (or `*`, `[::]`) -> `tcp://HOST:5557`: a bind address is not where
+/// anyone else connects. Specific addresses are kept.
+fn connectable_endpoint(ep: &str, host: &str) -> String {
+    let Some(rest) = ep.strip_prefix("tcp://") else {
+        return ep.to_string();
+    };
+    match rest.rsplit_once(':') {
+        Some((h, port)) if matches!(h, "*" | "0.0.0.0" | "[::]" | "::" | "") => {
+            format!("tcp://{host}:{port}")
+        }
+        _ => ep.to_string(),
+    }
 }
 
 fn worker_router(shared: Arc<Shared>) -> Router {
