@@ -107,12 +107,24 @@ impl Renderer {
         ((v >> 32) * n) >> 32
     }
 
+    /// Index into the tokenizer's words of position `pos` (hash `h`): the first word of a
+    /// block is one that is also a single token without its leading space, so a prompt that
+    /// starts with it (a chat message, sent without the leading space) keeps its exact length.
+    #[inline]
+    fn word_index(w: &WordPieces, h: u64, pos: u32) -> usize {
+        if pos == 0 && !w.bare.is_empty() {
+            w.bare[Self::reduce(h, w.bare.len() as u64) as usize] as usize
+        } else {
+            Self::reduce(h, w.ids.len() as u64) as usize
+        }
+    }
+
     #[inline]
     fn token_from(&self, base: u64, pos: u32) -> u32 {
         let h = mix(base ^ u64::from(pos));
         match &self.words {
             // WordPieces are never empty (built values have at least one word).
-            Some(w) => w.ids[Self::reduce(h, w.ids.len() as u64) as usize],
+            Some(w) => w.ids[Self::word_index(w, h, pos)],
             None => {
                 let span = u64::from(self.vocab_size.saturating_sub(TOKEN_ID_MIN).max(1));
                 TOKEN_ID_MIN + Self::reduce(h, span) as u32
@@ -125,7 +137,7 @@ impl Renderer {
         let h = mix(base ^ u64::from(pos));
         match &self.words {
             // Each word is " " + letters: the same position picks the same id and word.
-            Some(w) => &w.words[Self::reduce(h, w.words.len() as u64) as usize][1..],
+            Some(w) => &w.words[Self::word_index(w, h, pos)][1..],
             None => WORDS[Self::reduce(h, WORDS.len() as u64) as usize],
         }
     }

@@ -792,10 +792,17 @@ mod tests {
         // The words come from the tokenizer's vocabulary, not from the built-in list.
         assert!(i0.iter().all(|&t| (t as usize) < tok.vocab_size()));
 
-        // Chat endpoint: the same text, without the leading space.
+        // Chat endpoint: the same text, sent without the leading space: still exact.
         a.endpoint = Endpoint::Chat;
         let w = Workload::from_args(&a).unwrap();
         assert_eq!(w.renderer.text(&b0), t0);
+        for (t, n) in [(&t0, 700), (&t1, 900), (&t2, 100)] {
+            assert_eq!(tok.count(t.trim_start()).unwrap(), n);
+            // After a ChatML header too.
+            let m = format!("<|im_start|>user\n{}<|im_end|>", t.trim_start());
+            let empty = tok.count("<|im_start|>user\n<|im_end|>").unwrap();
+            assert_eq!(tok.count(&m).unwrap(), n + empty);
+        }
 
         // Bad tokenizer path: a clear error.
         a.tokenizer = Some(model_dir().join("missing.json"));

@@ -21,6 +21,10 @@ pub struct WordPieces {
     pub ids: Vec<u32>,
     /// The words, each `" "` + 2 to 12 ASCII lowercase letters.
     pub words: Vec<String>,
+    /// Indices (into `ids`/`words`) of the words that are also one token without their
+    /// leading space: safe first words of a text that starts without a space (a chat message
+    /// after its header).
+    pub bare: Vec<u32>,
     /// Whether a 4096-word concatenation tokenized to exactly one token per word (false for
     /// tokenizers that merge across spaces; counts are then approximate).
     pub exact: bool,
@@ -34,6 +38,7 @@ impl WordPieces {
         let probe_text = tok.decode(&probe)?;
         let mut ids = Vec::new();
         let mut words = Vec::new();
+        let mut bare = Vec::new();
         let mut seq = probe.clone();
         seq.push(0);
         let mut text = String::with_capacity(16);
@@ -58,6 +63,9 @@ impl WordPieces {
             if tok.encode(&text)? != seq {
                 continue;
             }
+            if tok.count(&word[1..])? == 1 {
+                bare.push(ids.len() as u32);
+            }
             ids.push(id);
             words.push(word.to_string());
         }
@@ -68,7 +76,12 @@ impl WordPieces {
             });
         }
         let exact = check_concatenation(tok, &probe, &words)?;
-        Ok(WordPieces { ids, words, exact })
+        Ok(WordPieces {
+            ids,
+            words,
+            bare,
+            exact,
+        })
     }
 
     /// Number of words.

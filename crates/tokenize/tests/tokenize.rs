@@ -352,6 +352,16 @@ fn word_pieces_give_exact_counts() {
         assert_eq!(tok.decode(&ids).unwrap(), text);
         assert_eq!(tok.encode(&format!("x{text}")).unwrap()[1..], ids[..]);
         assert!(w.words.iter().all(|s| s.starts_with(' ') && s.len() >= 3));
+        // Bare words: one token at the start of a text, and the rest still one per word.
+        assert!(w.bare.len() >= 20, "{}: {} bare", tok.name(), w.bare.len());
+        for &b in w.bare.iter().take(200) {
+            let first = &w.words[b as usize][1..];
+            assert_eq!(
+                tok.count(&format!("{first}{text}")).unwrap(),
+                501,
+                "{first}"
+            );
+        }
     }
     let o = WordPieces::build(&Tokenizer::o200k()).unwrap();
     assert!(o.len() > 10_000, "{}", o.len());
