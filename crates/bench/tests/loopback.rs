@@ -556,3 +556,48 @@ async fn concurrency_cap_queues_client_side_and_reports_it() {
     let lines = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap();
     assert_eq!(lines.matches("\"client_queue\"").count(), waited);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenizer_text_prompts_reach_the_server_with_exact_lengths() {
+    use switchyard_tokenize::{ChatTemplate, Tokenizer};
+    let dir = tempfile::tempdir().unwrap();
+    switchyard_tokenize::testing::write_model_dir(dir.path(), 800, None).unwrap();
+    let tok = Tokenizer::load(dir.path()).unwrap();
+    let server = common::start(Config {
+        record_bodies: true,
+        ..Config::default()
+    })
+    .await;
+    let f = trace_file(&[(0, 600, 2, "[7, 8]"), (10, 1100, 2, "[7, 9, 10]")]);
+    let mut a = args(&server.url);
+    a.trace = Some(f.path().to_path_buf());
+    a.endpoint = Endpoint::Chat;
+    a.tokenizer = Some(dir.path().to_path_buf());
+    let o = run(&a, StopHandle::new()).await.unwrap();
+    assert_eq!(o.summary.completed, 2, "{}", o.report);
+    let bodies = server.bodies.lock().unwrap().clone();
+    let mut texts: Vec<String> = bodies
+        .iter()
+        .map(|b| b["messages"][0]["content"].as_str().unwrap().to_string())
+        .collect();
+    texts.sort_by_key(|t| t.len());
+    // Exact lengths as the server's tokenizer sees them, through the chat template too.
+    let ids: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| {
+            let rendered = ChatTemplate::chatml()
+                .render(&[("user", t.as_str())])
+                .unwrap();
+            let empty = ChatTemplate::chatml().render(&[("user", "")]).unwrap();
+            assert_eq!(
+                tok.count(&rendered).unwrap(),
+                tok.count(&empty).unwrap() + tok.count(t).unwrap()
+            );
+            tok.encode(t).unwrap()
+        })
+        .collect();
+    assert_eq!((ids[0].len(), ids[1].len()), (600, 1100));
+    // Hash id 7: the same first 512 tokens.
+    assert_eq!(ids[0][..512], ids[1][..512]);
+    assert_ne!(ids[0][512..600], ids[1][512..600]);
+}
