@@ -49,7 +49,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::events::{split_frames, subscribe_once_notify};
 use crate::openai::{ApiError, Endpoint, parse_request, read_body};
-use crate::tokenizer::prompt_tokens_async;
+use crate::tokenizer::Tokenization;
 use crate::worker::{WorkerArgs, WorkerHandle, not_found, start_worker};
 
 /// Run the OpenAI-compatible frontend and router.
@@ -120,6 +120,15 @@ pub struct ServeArgs {
     /// answers 503 until then.
     #[arg(long, default_value_t = 5.0)]
     pub warmup_timeout: f64,
+    /// Tokenizer for text and chat prompts: a Hugging Face `tokenizer.json` or a model
+    /// directory (default: the built-in o200k_base). Use the engines' own so the router's
+    /// block hashes match what they cache.
+    #[arg(long, value_name = "PATH")]
+    pub tokenizer: Option<PathBuf>,
+    /// Chat template: a `.jinja` file, a `tokenizer_config.json` or a model directory
+    /// (default: the one next to `--tokenizer`, else ChatML).
+    #[arg(long, value_name = "PATH")]
+    pub chat_template: Option<PathBuf>,
 }
 
 /// How a disaggregated request reaches its prefill and decode workers.
@@ -153,6 +162,8 @@ impl Default for ServeArgs {
             nats_subject_prefix: DEFAULT_SUBJECT_PREFIX.to_string(),
             replica_id: None,
             warmup_timeout: 5.0,
+            tokenizer: None,
+            chat_template: None,
         }
     }
 }
@@ -280,6 +291,15 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `--tokenizer` / `--chat-template` (the built-in o200k_base and ChatML without them).
+pub(crate) fn load_tokenization(
+    tokenizer: Option<&std::path::Path>,
+    chat_template: Option<&std::path::Path>,
+) -> anyhow::Result<Tokenization> {
+    Tokenization::load(tokenizer, chat_template)
+        .map_err(|e| anyhow::anyhow!("--tokenizer/--chat-template: {e}"))
+}
+
 /// Ctrl-C or SIGTERM (what Kubernetes sends).
 pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
@@ -362,6 +382,8 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
                     nic_gb_s: dep.network.nic_gb_s,
                     kv_link_efficiency: dep.network.efficiency,
                     kv_setup_ms: dep.network.setup_ms,
+                    tokenizer: args.tokenizer.clone(),
+                    chat_template: args.chat_template.clone(),
                     ..WorkerArgs::default()
                 };
                 let h = start_worker(&wargs, g.engine.clone()).await?;
@@ -409,6 +431,7 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
     tokio::task::spawn_blocking(|| {
         let _ = crate::tokenizer::default_bpe();
     });
+    let tokenization = load_tokenization(args.tokenizer.as_deref(), args.chat_template.as_deref())?;
     let core = Core::new(router_cfg.clone())?;
     let policy = core.policy_name();
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
@@ -458,6 +481,7 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
         pd_protocol: args.pd_protocol,
         rng: Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::from_os_rng()),
         share_predictions: router_cfg.kv_feed != KvFeed::Events,
+        tokenization,
         cluster: Cluster {
             etcd: discovery.as_ref().map(Discovery::health),
             fanout,
@@ -573,6 +597,8 @@ struct ServeState {
     /// Publish routing predictions to the other replicas (approximate/hybrid feeds: in
     /// events mode every replica reads the same engine events, predictions add nothing).
     share_predictions: bool,
+    /// Tokenizer and chat template of text/chat prompts.
+    tokenization: Tokenization,
     cluster: Cluster,
 }
 
@@ -1387,7 +1413,11 @@ async fn proxy_inner(
         )
         .with_param("model"));
     }
-    let tokens = prompt_tokens_async(&p.prompt).await;
+    let tokens = st
+        .tokenization
+        .prompt_tokens_async(&p.prompt)
+        .await
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     let hashes = st.hasher.hash(&tokens);
     let req = Req {
         ep,

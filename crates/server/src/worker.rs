@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::events::{EventPublisher, start_publisher};
 use crate::openai::{ApiError, Endpoint, ParsedRequest, parse_request, read_body};
 use crate::pd::{self, PullInfo, RemoteKv};
-use crate::tokenizer::{filler_piece, filler_text, prompt_tokens_async};
+use crate::tokenizer::{Tokenization, filler_piece, filler_text};
 
 /// KV-event payload encoding on the wire.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -149,6 +149,15 @@ pub struct WorkerArgs {
     /// Worker id in etcd (default: from the advertised URL, e.g. `10.0.0.7-8001`).
     #[arg(long)]
     pub register_id: Option<String>,
+    /// Tokenizer for text and chat prompts: a Hugging Face `tokenizer.json` or a model
+    /// directory (default: the built-in o200k_base). Use the engines' own so the router's
+    /// block hashes match what they cache.
+    #[arg(long, value_name = "PATH")]
+    pub tokenizer: Option<PathBuf>,
+    /// Chat template: a `.jinja` file, a `tokenizer_config.json` or a model directory
+    /// (default: the one next to `--tokenizer`, else ChatML).
+    #[arg(long, value_name = "PATH")]
+    pub chat_template: Option<PathBuf>,
 }
 
 impl Default for WorkerArgs {
@@ -180,6 +189,8 @@ impl Default for WorkerArgs {
             register_prefix: DEFAULT_PREFIX.to_string(),
             register_ttl: 10,
             register_id: None,
+            tokenizer: None,
+            chat_template: None,
         }
     }
 }
@@ -362,6 +373,8 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
         "--kv-setup-ms must be >= 0 (got {})",
         args.kv_setup_ms
     );
+    let tokenization =
+        crate::serve::load_tokenization(args.tokenizer.as_deref(), args.chat_template.as_deref())?;
     let mut cfg = cfg;
     cfg.kv_events = args.kv_events.is_some();
     let engine = Engine::new(&catalog, &cfg)?;
@@ -435,6 +448,7 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
         client: client.clone(),
         pull_wait: Duration::from_secs_f64(args.kv_pull_wait),
         pd_counters: Arc::new(PdCounters::default()),
+        tokenization,
     });
     let pd = Pd::new(
         &engine,
@@ -487,7 +501,7 @@ fn connectable_endpoint(ep: &str, host: &str) -> String {
         return ep.to_string();
     };
     match rest.rsplit_once(':') {
-        Some((h, port)) if matches!(h, "*" | "0.0.0.0" | "[::]" | "::" | "") => {
+        Some(("*" | "0.0.0.0" | "[::]" | "::" | "", port)) => {
             format!("tcp://{host}:{port}")
         }
         _ => ep.to_string(),
@@ -542,6 +556,8 @@ struct Shared {
     client: reqwest::Client,
     pull_wait: Duration,
     pd_counters: Arc<PdCounters>,
+    /// Tokenizer and chat template of text/chat prompts.
+    tokenization: Tokenization,
 }
 
 enum Cmd {
@@ -1390,7 +1406,11 @@ async fn admit(
         )
         .with_param("model"));
     }
-    let tokens = prompt_tokens_async(&p.prompt).await;
+    let tokens = s
+        .tokenization
+        .prompt_tokens_async(&p.prompt)
+        .await
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     let mut max_out = p.max_tokens.unwrap_or(s.default_max_tokens);
     if s.role == Role::Prefill {
         // A prefill worker makes exactly the first token, whatever was asked.
@@ -1835,4 +1855,52 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_endpoints_become_connectable() {
+        for (ep, want) in [
+            ("tcp://*:5557", "tcp://10.0.0.7:5557"),
+            ("tcp://0.0.0.0:5557", "tcp://10.0.0.7:5557"),
+            ("tcp://[::]:5557", "tcp://10.0.0.7:5557"),
+            ("tcp://127.0.0.1:5557", "tcp://127.0.0.1:5557"),
+            ("tcp://vllm-0:5557", "tcp://vllm-0:5557"),
+            ("ipc:///tmp/x", "ipc:///tmp/x"),
+        ] {
+            assert_eq!(connectable_endpoint(ep, "10.0.0.7"), want, "{ep}");
+        }
+        assert_eq!(bracket_v6("fd00::7"), "[fd00::7]");
+        assert_eq!(bracket_v6("[fd00::7]"), "[fd00::7]");
+        assert_eq!(bracket_v6("vllm-0"), "vllm-0");
+    }
+
+    #[tokio::test]
+    async fn record_advertises_a_reachable_worker() {
+        let args = WorkerArgs {
+            host: "0.0.0.0".into(),
+            kv_events: Some("tcp://*:0".into()),
+            advertise_host: Some("10.1.2.3".into()),
+            role: Some("prefill".into()),
+            ..WorkerArgs::default()
+        };
+        let h = start_worker(&args, args.engine_config().unwrap())
+            .await
+            .unwrap();
+        let r = h.record();
+        let port = h.addr.port();
+        assert_eq!(r.url, format!("http://10.1.2.3:{port}"));
+        assert_eq!(r.id, format!("10.1.2.3-{port}"));
+        assert_eq!(r.role, switchyard_cluster::Role::Prefill);
+        let ev = r.kv_events.clone().unwrap();
+        assert!(
+            ev.starts_with("tcp://10.1.2.3:") && !ev.ends_with(":0"),
+            "{ev}"
+        );
+        assert_eq!(r.model.as_deref(), Some(h.model.as_str()));
+        assert!(r.validate().is_ok());
+    }
 }
