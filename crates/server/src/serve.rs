@@ -120,6 +120,12 @@ pub struct ServeArgs {
     /// answers 503 until then.
     #[arg(long, default_value_t = 5.0)]
     pub warmup_timeout: f64,
+    /// Poll every worker's Prometheus `/metrics` this often (seconds) and route on the load
+    /// the engine itself reports (running, waiting, KV blocks in use; vLLM, SGLang and
+    /// `switchyard worker` names), plus what was dispatched since. Makes the requests of every
+    /// frontend (and of clients bypassing them) visible. 0: off (own bookkeeping only).
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub engine_metrics_interval: f64,
     /// Tokenizer for text and chat prompts: a Hugging Face `tokenizer.json` or a model
     /// directory (default: the built-in o200k_base). Use the engines' own so the router's
     /// block hashes match what they cache.
@@ -162,6 +168,7 @@ impl Default for ServeArgs {
             nats_subject_prefix: DEFAULT_SUBJECT_PREFIX.to_string(),
             replica_id: None,
             warmup_timeout: 5.0,
+            engine_metrics_interval: 0.0,
             tokenizer: None,
             chat_template: None,
         }
@@ -518,6 +525,15 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
         .with_state(state.clone());
+    anyhow::ensure!(
+        args.engine_metrics_interval >= 0.0 && args.engine_metrics_interval.is_finite(),
+        "--engine-metrics-interval must be >= 0 seconds"
+    );
+    if args.engine_metrics_interval > 0.0 {
+        let st = Arc::downgrade(&state);
+        let every = Duration::from_secs_f64(args.engine_metrics_interval);
+        tasks.push(tokio::spawn(poll_engine_metrics(st, every)));
+    }
     let hc_state = Arc::downgrade(&state);
     let interval = Duration::from_secs_f64(args.health_interval);
     tokio::spawn(async move {
@@ -1053,6 +1069,123 @@ async fn apply_predictions(state: std::sync::Weak<ServeState>, mut rx: mpsc::Rec
     }
 }
 
+// ----- engine load from the engines' own /metrics ------------------------------------------------
+
+async fn poll_engine_metrics(state: std::sync::Weak<ServeState>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(st) = state.upgrade() else { return };
+        let ws: Vec<_> = st.workers.read().map(|w| w.clone()).unwrap_or_default();
+        let polls = ws.iter().map(|w| {
+            let st = st.clone();
+            async move {
+                let r = st
+                    .probe
+                    .get(format!("{}/metrics", w.spec.url))
+                    .timeout(every.max(Duration::from_millis(200)))
+                    .send()
+                    .await;
+                let text = match r {
+                    Ok(r) if r.status().is_success() => r.text().await.ok(),
+                    _ => None,
+                };
+                let bs = st.hasher.block_size();
+                if let Some(load) = text.as_deref().and_then(|t| parse_engine_load(t, bs)) {
+                    st.router.lock().report_load(w.key(), load, st.now());
+                }
+            }
+        });
+        futures_util::future::join_all(polls).await;
+    }
+}
+
+/// Sum of every sample of `name` (all label sets: DP ranks, models).
+fn prom_sum(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        // The name must end here (`vllm:num_requests_running_total` is another metric).
+        let rest = match rest.as_bytes().first() {
+            Some(b'{') => rest.rsplit_once('}').map_or("", |x| x.1),
+            Some(b' ') => rest,
+            _ => continue,
+        };
+        if let Some(v) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+        {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// A label's value on the first sample of `name` (`vllm:cache_config_info{num_gpu_blocks="N"}`).
+fn prom_label(text: &str, name: &str, label: &str) -> Option<f64> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))?;
+    let pat = format!("{label}=\"");
+    let i = line.find(&pat)? + pat.len();
+    line[i..].split('"').next()?.parse().ok()
+}
+
+/// The load an engine reports on its Prometheus page: vLLM (`vllm:num_requests_running`,
+/// `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc` × `num_gpu_blocks` of
+/// `vllm:cache_config_info`), SGLang (`sglang:num_running_reqs`, `sglang:num_queue_reqs`,
+/// `sglang:num_used_tokens` in blocks of `block_size` tokens) or `switchyard worker`. `None`
+/// when the page has none of these.
+pub(crate) fn parse_engine_load(
+    text: &str,
+    block_size: u32,
+) -> Option<switchyard_route::EngineLoad> {
+    let as_u32 = |v: f64| v.max(0.0).min(f64::from(u32::MAX)).round() as u32;
+    let as_u64 = |v: f64| v.max(0.0).round() as u64;
+    if let Some(running) = prom_sum(text, "switchyard_worker_num_requests_running") {
+        let waiting = prom_sum(text, "switchyard_worker_num_requests_waiting").unwrap_or(0.0);
+        let total = prom_sum(text, "switchyard_worker_kv_blocks_total").unwrap_or(0.0);
+        let usage = prom_sum(text, "switchyard_worker_kv_cache_usage_ratio").unwrap_or(0.0);
+        return Some(switchyard_route::EngineLoad {
+            running_requests: as_u32(running),
+            waiting_requests: as_u32(waiting),
+            active_blocks: as_u64(usage * total),
+            prefill_tokens: prom_sum(text, "switchyard_worker_num_prefill_tokens_pending")
+                .map(as_u64),
+        });
+    }
+    if let Some(running) = prom_sum(text, "vllm:num_requests_running") {
+        let waiting = prom_sum(text, "vllm:num_requests_waiting").unwrap_or(0.0);
+        let usage = prom_sum(text, "vllm:kv_cache_usage_perc")
+            .or_else(|| prom_sum(text, "vllm:gpu_cache_usage_perc"))
+            .unwrap_or(0.0);
+        let blocks = prom_label(text, "vllm:cache_config_info", "num_gpu_blocks").unwrap_or(0.0);
+        return Some(switchyard_route::EngineLoad {
+            running_requests: as_u32(running),
+            waiting_requests: as_u32(waiting),
+            active_blocks: as_u64(usage * blocks),
+            prefill_tokens: None,
+        });
+    }
+    if let Some(running) = prom_sum(text, "sglang:num_running_reqs") {
+        let waiting = prom_sum(text, "sglang:num_queue_reqs").unwrap_or(0.0);
+        // SGLang reports token slots; the router counts blocks of its block size.
+        let used = prom_sum(text, "sglang:num_used_tokens").unwrap_or(0.0);
+        return Some(switchyard_route::EngineLoad {
+            running_requests: as_u32(running),
+            waiting_requests: as_u32(waiting),
+            active_blocks: as_u64(used / f64::from(block_size.max(1))),
+            prefill_tokens: None,
+        });
+    }
+    None
+}
+
 fn link_json(h: &LinkHealth) -> Value {
     json!({
         "state": h.state.as_str(),
@@ -1225,6 +1358,7 @@ fn worker_json(st: &ServeState, w: &WorkerEntry) -> Value {
             "active_requests": snap.active_requests,
             "prefill_tokens": snap.prefill_tokens,
             "active_blocks": snap.active_blocks,
+            "engine_reported": snap.engine_reported,
         },
         "cached_blocks": blocks,
         "requests_routed": w.routed.load(Ordering::Relaxed),
@@ -2318,6 +2452,41 @@ fn render_cluster_metrics(st: &ServeState, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_load_from_prometheus_pages() {
+        let vllm = "# HELP vllm:num_requests_running x\n\
+            vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 3.0\n\
+            vllm:num_requests_running{engine=\"1\",model_name=\"m\"} 2.0\n\
+            vllm:num_requests_running_total 99\n\
+            vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 4\n\
+            vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.25\n\
+            vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"1000\"} 1.0\n";
+        let l = parse_engine_load(vllm, 16).unwrap();
+        assert_eq!((l.running_requests, l.waiting_requests), (5, 4));
+        assert_eq!(l.active_blocks, 250);
+        assert_eq!(l.prefill_tokens, None);
+        let sg = "sglang:num_running_reqs{model_name=\"m\"} 7\nsglang:num_queue_reqs{model_name=\"m\"} 1\nsglang:num_used_tokens{model_name=\"m\"} 3200\n";
+        let l = parse_engine_load(sg, 16).unwrap();
+        assert_eq!(
+            (l.running_requests, l.waiting_requests, l.active_blocks),
+            (7, 1, 200)
+        );
+        let sy = "switchyard_worker_num_requests_running 2\nswitchyard_worker_num_requests_waiting 1\n\
+            switchyard_worker_kv_blocks_total 4096\nswitchyard_worker_kv_cache_usage_ratio 0.5\n\
+            switchyard_worker_num_prefill_tokens_pending 300\n";
+        let l = parse_engine_load(sy, 16).unwrap();
+        assert_eq!(
+            (l.running_requests, l.waiting_requests, l.active_blocks),
+            (2, 1, 2048)
+        );
+        assert_eq!(l.prefill_tokens, Some(300));
+        assert_eq!(parse_engine_load("up 1\nvllm:other 3\n", 16), None);
+        assert_eq!(
+            parse_engine_load("vllm:num_requests_running NaN\n", 16),
+            None
+        );
+    }
 
     #[test]
     fn worker_specs() {

@@ -1780,6 +1780,12 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
             l.awaiting_kv as f64,
         );
         put(
+            "num_prefill_tokens_pending",
+            "gauge",
+            "Prompt tokens not yet computed of waiting and prefilling requests.",
+            l.pending_prefill_tokens as f64,
+        );
+        put(
             "busy_seconds_total",
             "counter",
             "Simulated GPU busy time.",

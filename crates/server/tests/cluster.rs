@@ -592,3 +592,63 @@ async fn etcd_down_at_start_and_later_serving_continues_degraded_then_recovers()
     let (_, v) = get_json(&ready).await;
     assert!(v["links"]["etcd"]["connects"].as_u64() >= Some(2), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_reported_load_shows_requests_of_other_frontends() {
+    // Real-time workers (speedup 1): a 300-token answer takes seconds.
+    let slow = |_: ()| async {
+        start_worker(
+            &WorkerArgs {
+                speedup: 1.0,
+                ..WorkerArgs::default()
+            },
+            engine_cfg(),
+        )
+        .await
+        .unwrap()
+    };
+    let (w1, w2) = (slow(()).await, slow(()).await);
+    let s = start_serve(&ServeArgs {
+        workers: vec![w1.url(), w2.url()],
+        router: Some("least-load".into()),
+        engine_metrics_interval: 0.1,
+        ..ServeArgs::default()
+    })
+    .await
+    .unwrap();
+    // Another frontend (or a client going around this one) loads worker 1.
+    let c = client();
+    let body = r#"{"model":"Qwen3-32B","prompt":[1,2,3,4,5,6,7,8],"max_tokens":300,"stream":true}"#;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let r = c
+            .post(format!("{}/v1/completions", w1.url()))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        streams.push(r);
+    }
+    let w1_url = w1.url();
+    eventually(
+        Duration::from_secs(3),
+        "w1's own load report seen",
+        || async {
+            workers(&s).await.iter().any(|w| {
+                w["url"] == w1_url.as_str()
+                    && w["load"]["engine_reported"] == true
+                    && w["load"]["active_requests"].as_u64() >= Some(3)
+            })
+        },
+    )
+    .await;
+    // This frontend routed nothing yet, but sends its requests to the idle worker.
+    for n in 0..4 {
+        let (st, w) = complete(&c, &s.url(), &shared_prefix_prompt(900 + n, n)).await;
+        assert_eq!(st, 200);
+        assert_eq!(w, w2.url(), "request {n}");
+    }
+    drop(streams);
+}
