@@ -24,7 +24,8 @@ for b in etcd nats-server; do
     command -v "$b" >/dev/null || { echo "cluster-local: $b missing: run scripts/install-cluster-deps.sh" >&2; exit 1; }
 done
 [ -x "$sy" ] || { echo "cluster-local: $sy not built: cargo build --release -p switchyard" >&2; exit 1; }
-if ! "$sy" worker --help 2>/dev/null | grep -q -- '--register'; then
+# Not `| grep -q`: grep exiting at the first match would SIGPIPE the writer (pipefail).
+if ! grep -q -- '--register' <<<"$("$sy" worker --help 2>/dev/null)"; then
     echo "cluster-local: this switchyard build has no 'worker --register' (cluster wiring missing)" >&2
     exit 1
 fi
@@ -85,7 +86,8 @@ fi
 
 for fp in 8000 8010; do
     start "serve-$fp" "$sy" serve --host 127.0.0.1 --port "$fp" --router "$router" \
-        --discovery "etcd://127.0.0.1:$etcd_port" --nats "nats://127.0.0.1:$nats_port"
+        --discovery "etcd://127.0.0.1:$etcd_port" --nats "nats://127.0.0.1:$nats_port" \
+        --replica-id "frontend-$fp" --engine-metrics-interval 1
 done
 for fp in 8000 8010; do wait_http "http://127.0.0.1:$fp/ready" 60; done
 model="$(curl -fsS http://127.0.0.1:8000/v1/models | grep -o '"id":"[^"]*"' | head -1 | cut -d'"' -f4 || true)"
