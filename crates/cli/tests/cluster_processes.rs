@@ -4,7 +4,7 @@
 //!
 //! Needs `etcd` and `nats-server` on PATH (`scripts/install-cluster-deps.sh`).
 
-#[path = "../../server/tests/cluster_support/mod.rs"]
+#[path = "../../cluster/tests/support/mod.rs"]
 mod cluster_support;
 
 use std::io::{Read, Write};

@@ -5,6 +5,7 @@
 //!
 //! Needs `etcd` and `nats-server` on PATH (`scripts/install-cluster-deps.sh`).
 
+#[path = "../../cluster/tests/support/mod.rs"]
 mod cluster_support;
 mod common;
 

@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use switchyard_engine::Role;
 use switchyard_server::serve::{PdProtocol, ServeArgs, start_serve};
 use switchyard_server::worker::{WorkerArgs, WorkerHandle, start_worker};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn role_worker(
     role: Role,
@@ -232,41 +231,6 @@ async fn unpulled_kv_is_freed_after_the_hold_timeout() {
     assert_eq!(metric(&p.url(), "kv_held_requests").await, 1.0);
     wait_metric(&p.url(), "kv_held_requests", 0.0).await;
     assert_eq!(metric(&p.url(), "kv_hold_timeouts_total").await, 1.0);
-}
-
-/// Healthy by its model list, but every generation fails with 500.
-async fn failing_upstream() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 1 << 20];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let get = buf[..n].starts_with(b"GET");
-                let (status, b) = if get {
-                    (
-                        "200 OK",
-                        r#"{"object":"list","data":[{"id":"Qwen3-32B","object":"model"}]}"#,
-                    )
-                } else {
-                    (
-                        "500 Internal Server Error",
-                        r#"{"error":{"message":"boom"}}"#,
-                    )
-                };
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
-                    b.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
-    format!("http://{addr}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -445,39 +445,6 @@ async fn sequence_gap_clears_the_workers_index_entries() {
     }
 }
 
-/// Healthy by its model list, but every generation fails with 500.
-async fn failing_upstream() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let b = if buf[..n].starts_with(b"GET") {
-                    r#"{"object":"list","data":[{"id":"Qwen3-32B","object":"model"}]}"#
-                } else {
-                    r#"{"error":{"message":"boom"}}"#
-                };
-                let status = if buf[..n].starts_with(b"GET") {
-                    "200 OK"
-                } else {
-                    "500 Internal Server Error"
-                };
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
-                    b.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
-    format!("http://{addr}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_before_the_first_byte_are_retried_elsewhere() {
     let bad = failing_upstream().await;

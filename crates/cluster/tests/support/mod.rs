@@ -1,4 +1,5 @@
 //! Real etcd and nats-server processes on loopback for integration tests, killed on drop.
+//! Shared by the cluster crate's tests and, via `#[path]`, by serve's and the CLI's.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -42,15 +43,25 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start() -> Etcd {
+        let mut e = Etcd::unstarted();
+        e.spawn(e.port);
+        e
+    }
+
+    /// Ports and data dir chosen, not running yet (`restart()` starts it).
+    pub fn unstarted() -> Etcd {
         require("etcd");
-        let mut e = Etcd {
+        Etcd {
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
             port: free_port(),
             peer_port: free_port(),
-        };
-        e.spawn(e.port);
-        e
+        }
+    }
+
+    /// `etcd://127.0.0.1:PORT`, as `--discovery` and `--register` take it.
+    pub fn url(&self) -> String {
+        format!("etcd://127.0.0.1:{}", self.port)
     }
 
     pub fn endpoint(&self) -> String {

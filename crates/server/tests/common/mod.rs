@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use switchyard_engine::EngineConfig;
 use switchyard_server::worker::{WorkerArgs, WorkerHandle, start_worker};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A small, fast engine: Qwen3-32B TP2 on H200 with a tiny KV cache so tests stay cheap.
 pub fn engine_cfg() -> EngineConfig {
@@ -65,4 +66,39 @@ pub fn sse_data(body: &str) -> Vec<String> {
 pub fn tokens(base: u32, n: u32) -> String {
     let v: Vec<String> = (base..base + n).map(|t| t.to_string()).collect();
     format!("[{}]", v.join(","))
+}
+
+/// Healthy by its model list, but every generation fails with 500.
+pub async fn failing_upstream() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 20];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let get = buf[..n].starts_with(b"GET");
+                let (status, b) = if get {
+                    (
+                        "200 OK",
+                        r#"{"object":"list","data":[{"id":"Qwen3-32B","object":"model"}]}"#,
+                    )
+                } else {
+                    (
+                        "500 Internal Server Error",
+                        r#"{"error":{"message":"boom"}}"#,
+                    )
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
+                    b.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
 }
