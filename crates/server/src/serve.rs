@@ -1979,8 +1979,17 @@ async fn proxy_sglang_pd(
                 return Ok(out);
             }
             Err(e) => {
-                prefill_task.abort();
+                // The decode side often fails *because* the prefill did (its KV pull): if the
+                // prefill has failed too, report that, the root cause.
                 last_err = e;
+                if prefill_result.is_none()
+                    && let Ok(Ok(Err(pe))) =
+                        tokio::time::timeout(Duration::from_secs(1), &mut prefill_task).await
+                {
+                    tried_p.push(pw.id);
+                    last_err = format!("prefill failed ({pe}); the decode side failed: {last_err}");
+                }
+                prefill_task.abort();
             }
         }
     }
