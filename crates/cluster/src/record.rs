@@ -61,6 +61,10 @@ pub struct WorkerRecord {
     /// vLLM-format KV events publisher (ZMQ), e.g. `tcp://10.0.0.7:5557`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_events: Option<String>,
+    /// vLLM-format KV-event replay socket (ZMQ ROUTER), e.g. `tcp://10.0.0.7:5558`: lets a
+    /// frontend fetch events it missed or, after a restart, rebuild its index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_events_replay: Option<String>,
     /// Served model name, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -86,6 +90,7 @@ impl WorkerRecord {
             url,
             role,
             kv_events: None,
+            kv_events_replay: None,
             model: None,
             dp_size: 1,
             started_at_ms: (crate::unix_now() * 1000.0) as u64,
@@ -119,12 +124,22 @@ impl WorkerRecord {
                 self.url
             )));
         }
-        if let Some(ep) = &self.kv_events
-            && !ep.starts_with("tcp://")
-        {
-            return Err(ClusterError::BadRecord(format!(
-                "kv_events {ep:?} must be tcp://HOST:PORT"
-            )));
+        for (name, ep) in [
+            ("kv_events", &self.kv_events),
+            ("kv_events_replay", &self.kv_events_replay),
+        ] {
+            if let Some(ep) = ep
+                && !ep.starts_with("tcp://")
+            {
+                return Err(ClusterError::BadRecord(format!(
+                    "{name} {ep:?} must be tcp://HOST:PORT"
+                )));
+            }
+        }
+        if self.kv_events_replay.is_some() && self.kv_events.is_none() {
+            return Err(ClusterError::BadRecord(
+                "kv_events_replay without kv_events: replay recovers a stream that is not subscribed".into(),
+            ));
         }
         if self.dp_size == 0 || self.dp_size > 1024 {
             return Err(ClusterError::BadRecord(format!(
@@ -141,6 +156,10 @@ impl WorkerRecord {
         let mut s = self.url.clone();
         if let Some(ep) = &self.kv_events {
             s.push_str(",kv-events=");
+            s.push_str(ep);
+        }
+        if let Some(ep) = &self.kv_events_replay {
+            s.push_str(",replay=");
             s.push_str(ep);
         }
         s.push_str(",role=");
@@ -227,6 +246,8 @@ mod tests {
             br#"{"id":"w"}"#,
             br#"{"id":"w","url":"http://0.0.0.0:8000"}"#,
             br#"{"id":"w","url":"http://[::]:8000"}"#,
+            br#"{"id":"w","url":"http://h","kv_events":"tcp://h:1","kv_events_replay":"h:2"}"#,
+            br#"{"id":"w","url":"http://h","kv_events_replay":"tcp://h:2"}"#,
         ] {
             assert!(WorkerRecord::from_json("w", bad).is_err(), "{bad:?}");
         }
@@ -242,6 +263,18 @@ mod tests {
             r.worker_spec(),
             "http://h:8001,kv-events=tcp://h:5557,role=decode"
         );
+        r.kv_events_replay = Some("tcp://h:5558".into());
+        assert_eq!(
+            r.worker_spec(),
+            "http://h:8001,kv-events=tcp://h:5557,replay=tcp://h:5558,role=decode"
+        );
+        // Older records (no replay field) still parse.
+        let old = WorkerRecord::from_json(
+            "w",
+            br#"{"id":"w","url":"http://h","kv_events":"tcp://h:1"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.kv_events_replay, None);
     }
 
     #[test]

@@ -484,6 +484,11 @@ pub struct RegisterArgs {
     /// The engine's vLLM-format KV events endpoint (ZMQ PUB), e.g. tcp://vllm-0:5557.
     #[arg(long, value_name = "tcp://HOST:PORT")]
     pub kv_events: Option<String>,
+    /// The engine's KV-event replay endpoint (vLLM `--kv-events-config`
+    /// `replay_endpoint`, ZMQ ROUTER), e.g. tcp://vllm-0:5558: frontends fetch missed events
+    /// from it and rebuild their index after a restart.
+    #[arg(long, value_name = "tcp://HOST:PORT")]
+    pub kv_events_replay: Option<String>,
     /// etcd endpoints: etcd://HOST:2379[,HOST:2379...].
     #[arg(long, default_value = "etcd://127.0.0.1:2379")]
     pub etcd: String,
@@ -527,6 +532,7 @@ impl RegisterArgs {
             record.id = id.clone();
         }
         record.kv_events = self.kv_events.clone();
+        record.kv_events_replay = self.kv_events_replay.clone();
         record.model = self.model.clone();
         record.dp_size = self.dp_size;
         record.validate()?;

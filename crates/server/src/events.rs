@@ -1,6 +1,8 @@
 //! KV-event transport: ZMQ PUB on the worker side, SUB on the router side, vLLM framing
 //! `[topic, seq (u64 big-endian), msgpack KVEventBatch]`.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -26,27 +28,79 @@ impl EventPublisher {
     }
 }
 
-/// Bind a PUB socket at `endpoint` and spawn the task that frames and sends batches with
-/// consecutive sequence numbers starting at 0. Returns the handle and the bound endpoint (with
-/// the real port when `:0` was asked for).
-pub async fn start_publisher(
-    endpoint: &str,
-    topic: String,
-) -> anyhow::Result<(EventPublisher, String)> {
+/// How a worker publishes: the PUB endpoint, its topic frame and, optionally, vLLM's replay
+/// service (a ROUTER socket that re-sends the last `buffer` batches from a requested sequence
+/// number on, so a subscriber that missed some — or a restarted router — can catch up).
+#[derive(Clone, Debug)]
+pub struct PublisherConfig {
+    pub endpoint: String,
+    pub topic: String,
+    pub replay_endpoint: Option<String>,
+    /// Batches kept for replay (vLLM's `buffer_steps`).
+    pub buffer: usize,
+}
+
+/// vLLM's default replay buffer (`KVEventsConfig.buffer_steps`).
+pub const DEFAULT_REPLAY_BUFFER: usize = 10_000;
+
+/// The replay stream's end marker: sequence −1 (8 bytes, big-endian two's complement) with an
+/// empty payload.
+pub const END_SEQ: u64 = u64::MAX;
+
+/// A started publisher: the handle plus the bound endpoints (with real ports when `:0` was
+/// asked for).
+pub struct StartedPublisher {
+    pub publisher: EventPublisher,
+    pub endpoint: String,
+    pub replay_endpoint: Option<String>,
+}
+
+type ReplayBuffer = Arc<Mutex<VecDeque<(u64, Bytes)>>>;
+
+/// Bind the PUB socket (and the replay ROUTER when configured) and spawn the task that frames
+/// and sends batches with consecutive sequence numbers starting at 0.
+pub async fn start_publisher(cfg: PublisherConfig) -> anyhow::Result<StartedPublisher> {
     let mut sock = zeromq::PubSocket::new();
     let bound = sock
-        .bind(&normalize_endpoint(endpoint))
+        .bind(&normalize_endpoint(&cfg.endpoint))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot bind KV-event publisher at {endpoint}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot bind KV-event publisher at {}: {e}", cfg.endpoint))?;
+    let buffer: ReplayBuffer = Arc::new(Mutex::new(VecDeque::new()));
+    let cap = cfg.buffer.max(1);
+    let (replay_task, replay_endpoint) = match &cfg.replay_endpoint {
+        Some(ep) => {
+            let mut router = zeromq::RouterSocket::new();
+            let b = router
+                .bind(&normalize_endpoint(ep))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot bind KV-event replay socket at {ep}: {e}"))?;
+            let b = b.to_string();
+            let task = tokio::spawn(supervise_replay(router, b.clone(), buffer.clone()));
+            (Some(AbortOnDrop(Some(task))), Some(b))
+        }
+        None => (None, None),
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let topic = Bytes::from(topic.into_bytes());
+    let topic = Bytes::from(cfg.topic.into_bytes());
+    let keep = replay_task.is_some();
     tokio::spawn(async move {
+        // Owned here: the replay service stops with the publisher.
+        let _replay = replay_task;
         let mut seq: u64 = 0;
         while let Some(payload) = rx.recv().await {
+            let payload = Bytes::from(payload);
+            if keep {
+                // Buffered before it is sent: whoever sees `seq` live can replay up to it.
+                let mut b = lock(&buffer);
+                if b.len() == cap {
+                    b.pop_front();
+                }
+                b.push_back((seq, payload.clone()));
+            }
             let frames = vec![
                 topic.clone(),
                 Bytes::copy_from_slice(&seq.to_be_bytes()),
-                Bytes::from(payload),
+                payload,
             ];
             if let Ok(msg) = ZmqMessage::try_from(frames) {
                 // Errors here are per-subscriber and already handled by the socket.
@@ -55,7 +109,151 @@ pub async fn start_publisher(
             seq = seq.wrapping_add(1);
         }
     });
-    Ok((EventPublisher { tx }, bound.to_string()))
+    Ok(StartedPublisher {
+        publisher: EventPublisher { tx },
+        endpoint: bound.to_string(),
+        replay_endpoint,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Run the replay service; if the ZMQ library panics inside it (it has `todo!()`s on unusual
+/// peer states), rebind on the same endpoint and go on.
+async fn supervise_replay(first: zeromq::RouterSocket, endpoint: String, buffer: ReplayBuffer) {
+    let mut sock = Some(first);
+    loop {
+        let s = match sock.take() {
+            Some(s) => s,
+            None => {
+                let mut s = zeromq::RouterSocket::new();
+                if s.bind(&normalize_endpoint(&endpoint)).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                s
+            }
+        };
+        let task = tokio::spawn(serve_replay(s, buffer.clone()));
+        let mut guard = AbortOnDrop(Some(task));
+        let r = guard.0.as_mut().expect("set above").await;
+        guard.0 = None;
+        if r.is_ok() {
+            return;
+        }
+        eprintln!("switchyard: KV-event replay socket failed; rebinding {endpoint}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// vLLM's replay protocol on a ROUTER socket: a request `[identity, "", start_seq]` (8-byte
+/// big-endian; the delimiter is what REQ and vLLM's clients send, a bare DEALER may omit it)
+/// gets one `[identity, "", seq, payload]` message per buffered batch with `seq >= start_seq`,
+/// then `[identity, "", END_SEQ, ""]`.
+async fn serve_replay(mut sock: zeromq::RouterSocket, buffer: ReplayBuffer) {
+    loop {
+        let Ok(msg) = sock.recv().await else { continue };
+        let frames = msg.into_vec();
+        let (id, delimited, start) = match frames.as_slice() {
+            [id, empty, start] if empty.is_empty() => (id.clone(), true, start),
+            [id, start] => (id.clone(), false, start),
+            _ => continue, // not a replay request: ignore, as vLLM does
+        };
+        let Ok(start) = <[u8; 8]>::try_from(start.as_ref()) else {
+            continue;
+        };
+        let start = u64::from_be_bytes(start);
+        let batches: Vec<(u64, Bytes)> = lock(&buffer)
+            .iter()
+            .filter(|(s, _)| *s >= start)
+            .cloned()
+            .collect();
+        let reply = |seq: u64, payload: Bytes| {
+            let mut f = vec![id.clone()];
+            if delimited {
+                f.push(Bytes::new());
+            }
+            f.push(Bytes::copy_from_slice(&seq.to_be_bytes()));
+            f.push(payload);
+            ZmqMessage::try_from(f)
+        };
+        for (seq, payload) in batches.into_iter().chain([(END_SEQ, Bytes::new())]) {
+            let Ok(m) = reply(seq, payload) else { break };
+            // The requester went away: stop sending to it.
+            if sock.send(m).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Why a replay request got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("cannot connect to the replay socket {0}: {1}")]
+    Connect(String, String),
+    #[error("replay from {0} timed out")]
+    Timeout(String),
+    #[error("replay from {0}: {1}")]
+    Protocol(String, String),
+}
+
+/// Ask the replay socket at `endpoint` for every buffered batch from `start` on (vLLM's
+/// protocol, as a DEALER). Returns them in order, without the end marker. `timeout` bounds
+/// the whole exchange.
+pub async fn request_replay(
+    endpoint: &str,
+    start: u64,
+    timeout: Duration,
+) -> Result<Vec<Received>, ReplayError> {
+    let ep = normalize_endpoint(endpoint);
+    let name = endpoint.to_string();
+    // In its own task: the ZMQ library panics on some peer failures (`todo!()`).
+    let task = tokio::spawn(async move {
+        let mut sock = zeromq::DealerSocket::new();
+        sock.connect(&ep)
+            .await
+            .map_err(|e| ReplayError::Connect(ep.clone(), e.to_string()))?;
+        let req = ZmqMessage::try_from(vec![
+            Bytes::new(),
+            Bytes::copy_from_slice(&start.to_be_bytes()),
+        ])
+        .map_err(|e| ReplayError::Protocol(ep.clone(), e.to_string()))?;
+        sock.send(req)
+            .await
+            .map_err(|e| ReplayError::Connect(ep.clone(), e.to_string()))?;
+        let mut out = Vec::new();
+        loop {
+            let msg = sock
+                .recv()
+                .await
+                .map_err(|e| ReplayError::Protocol(ep.clone(), e.to_string()))?;
+            let (seq, payload) = split_frames(msg)
+                .map_err(|_| ReplayError::Protocol(ep.clone(), "malformed reply".into()))?;
+            if seq == END_SEQ && payload.is_empty() {
+                return Ok(out);
+            }
+            out.push((seq, payload));
+        }
+    });
+    let mut guard = AbortOnDrop(Some(task));
+    let r = tokio::time::timeout(timeout, guard.0.as_mut().expect("set above")).await;
+    match r {
+        Err(_) => Err(ReplayError::Timeout(name)),
+        Ok(Err(e)) => {
+            guard.0 = None;
+            Err(ReplayError::Protocol(
+                name,
+                format!("replay task failed: {e}"),
+            ))
+        }
+        Ok(Ok(r)) => {
+            guard.0 = None;
+            r
+        }
+    }
 }
 
 /// One received message: `(seq, payload)`.
@@ -145,5 +343,118 @@ impl<T> Drop for AbortOnDrop<T> {
         if let Some(h) = self.0.take() {
             h.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn publisher(buffer: usize) -> StartedPublisher {
+        start_publisher(PublisherConfig {
+            endpoint: "tcp://127.0.0.1:0".into(),
+            topic: "kv".into(),
+            replay_endpoint: Some("tcp://127.0.0.1:0".into()),
+            buffer,
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn replay(ep: &str, from: u64) -> Vec<(u64, Vec<u8>)> {
+        request_replay(ep, from, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(s, p)| (s, p.to_vec()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn replay_serves_the_newest_buffered_batches() {
+        let p = publisher(3).await;
+        let ep = p.replay_endpoint.clone().unwrap();
+        assert_eq!(replay(&ep, 0).await, vec![], "nothing published yet");
+        for i in 0..5u8 {
+            p.publisher.publish(vec![i; 4]);
+        }
+        // The publisher task buffers asynchronously.
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            got = replay(&ep, 0).await;
+            if got.last().is_some_and(|(s, _)| *s == 4) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            got,
+            vec![(2, vec![2; 4]), (3, vec![3; 4]), (4, vec![4; 4])],
+            "the last 3 of 5"
+        );
+        assert_eq!(replay(&ep, 4).await, vec![(4, vec![4; 4])]);
+        assert_eq!(replay(&ep, 9).await, vec![]);
+    }
+
+    #[tokio::test]
+    async fn replay_ignores_malformed_requests_and_keeps_serving() {
+        let p = publisher(8).await;
+        let ep = p.replay_endpoint.clone().unwrap();
+        p.publisher.publish(b"x".to_vec());
+        let mut d = zeromq::DealerSocket::new();
+        d.connect(&ep).await.unwrap();
+        for bad in [
+            vec![Bytes::new(), Bytes::from_static(b"short")],
+            vec![
+                Bytes::from_static(b"a"),
+                Bytes::from_static(b"b"),
+                Bytes::from_static(b"c"),
+            ],
+        ] {
+            d.send(ZmqMessage::try_from(bad).unwrap()).await.unwrap();
+        }
+        // A well-formed request on the same connection is still answered.
+        d.send(
+            ZmqMessage::try_from(vec![
+                Bytes::new(),
+                Bytes::copy_from_slice(&0u64.to_be_bytes()),
+            ])
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+        let mut seqs = Vec::new();
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(5), d.recv())
+                .await
+                .expect("answered")
+                .unwrap();
+            let f = m.into_vec();
+            assert_eq!(f.len(), 3, "[\"\", seq, payload]");
+            assert!(f[0].is_empty(), "delimiter echoed");
+            let seq = u64::from_be_bytes(f[1].as_ref().try_into().unwrap());
+            if seq == END_SEQ {
+                assert!(f[2].is_empty());
+                break;
+            }
+            seqs.push(seq);
+        }
+        assert_eq!(seqs, vec![0]);
+    }
+
+    #[tokio::test]
+    async fn replay_from_a_closed_endpoint_fails_cleanly() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let r = request_replay(
+            &format!("tcp://127.0.0.1:{port}"),
+            0,
+            Duration::from_millis(500),
+        )
+        .await;
+        assert!(r.is_err(), "{r:?}");
     }
 }

@@ -4,10 +4,12 @@
 //!
 //! * [`worker`]: [`run_worker`] / [`worker::start_worker`].
 //! * [`serve`]: [`run_serve`] / [`serve::start_serve`].
-//! * [`events`]: ZMQ PUB/SUB transport of KV events (codec: `switchyard_kv::wire`).
+//! * [`events`]: ZMQ PUB/SUB transport of KV events and vLLM's replay protocol (codec:
+//!   `switchyard_kv::wire`); [`kv_stream`]: sequence bookkeeping of one worker's stream.
 //! * [`openai`]: request parsing and OpenAI-style errors; [`tokenizer`]: default tokenizer.
 
 pub mod events;
+pub mod kv_stream;
 pub mod openai;
 pub mod pd;
 pub mod tokenizer;

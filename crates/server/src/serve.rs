@@ -8,8 +8,11 @@
 //! Dropping the client connection drops the upstream one, which cancels the engine request.
 //!
 //! KV path: one task per worker subscribes to its ZMQ KV events, decodes both vLLM encodings,
-//! recomputes the router's hashes from `token_ids`, and feeds the index; a sequence gap or a
-//! reconnect clears that worker's entries (they are rebuilt from new events).
+//! recomputes the router's hashes from `token_ids`, and feeds the index. Where the worker
+//! offers vLLM's replay socket, missed batches (a sequence gap, a reconnect, this frontend
+//! starting after the worker) are fetched from it and applied in order, and an engine restart
+//! is recognised; without replay, or when its buffer no longer reaches back, that worker's
+//! entries are cleared and rebuilt from new events (`kv_stream` has the rules).
 //!
 //! Cluster path (optional, `switchyard-cluster`): `--discovery` watches worker records in etcd
 //! and adds/removes workers as their leases come and go; `--nats` shares this replica's
@@ -19,7 +22,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -47,7 +50,8 @@ use switchyard_route::{
 };
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::events::{split_frames, subscribe_once_notify};
+use crate::events::{request_replay, split_frames, subscribe_once_notify};
+use crate::kv_stream::{Batch, Cursor, IndexState, Live, Plan, fingerprint};
 use crate::openai::{ApiError, Endpoint, parse_request, read_body};
 use crate::tokenizer::Tokenization;
 use crate::worker::{WorkerArgs, WorkerHandle, not_found, start_worker};
@@ -181,6 +185,9 @@ pub struct WorkerSpec {
     pub url: String,
     #[serde(default)]
     pub kv_events: Option<String>,
+    /// vLLM's KV-event replay socket (ZMQ ROUTER), for catching up after missed events.
+    #[serde(default, alias = "replay")]
+    pub kv_events_replay: Option<String>,
     #[serde(default = "default_role")]
     pub role: String,
     /// SGLang prefill workers: the bootstrap port (default: the URL's port, which is where a
@@ -201,12 +208,16 @@ impl std::str::FromStr for WorkerSpec {
         let mut spec = WorkerSpec {
             url,
             kv_events: None,
+            kv_events_replay: None,
             role: default_role(),
             bootstrap_port: None,
         };
         for p in parts {
             match p.split_once('=') {
                 Some(("kv-events" | "kv_events", v)) => spec.kv_events = Some(v.to_string()),
+                Some(("replay" | "kv-events-replay" | "kv_events_replay", v)) => {
+                    spec.kv_events_replay = Some(v.to_string());
+                }
                 Some(("role", v)) => spec.role = v.to_string(),
                 Some(("bootstrap-port" | "bootstrap_port", v)) => {
                     spec.bootstrap_port = Some(
@@ -216,7 +227,7 @@ impl std::str::FromStr for WorkerSpec {
                 }
                 _ => {
                     return Err(format!(
-                        "bad worker option {p:?} in {s:?} (expected kv-events=tcp://HOST:PORT, role=... or bootstrap-port=N)"
+                        "bad worker option {p:?} in {s:?} (expected kv-events=tcp://HOST:PORT, replay=tcp://HOST:PORT, role=... or bootstrap-port=N)"
                     ));
                 }
             }
@@ -241,11 +252,22 @@ impl WorkerSpec {
                 self.role
             ));
         }
-        if let Some(ep) = &self.kv_events
-            && !ep.starts_with("tcp://")
-        {
+        for (name, ep) in [
+            ("kv-events", &self.kv_events),
+            ("replay", &self.kv_events_replay),
+        ] {
+            if let Some(ep) = ep
+                && !ep.starts_with("tcp://")
+            {
+                return Err(format!(
+                    "{name} endpoint must be tcp://HOST:PORT (got {ep:?})"
+                ));
+            }
+        }
+        if self.kv_events_replay.is_some() && self.kv_events.is_none() {
             return Err(format!(
-                "kv-events endpoint must be tcp://HOST:PORT (got {ep:?})"
+                "worker {}: replay= needs kv-events= (replay recovers that event stream)",
+                self.url
             ));
         }
         Ok(())
@@ -386,6 +408,7 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
                     port: 0,
                     speedup: args.speedup,
                     kv_events: Some("tcp://127.0.0.1:0".into()),
+                    kv_events_replay: Some("tcp://127.0.0.1:0".into()),
                     nic_gb_s: dep.network.nic_gb_s,
                     kv_link_efficiency: dep.network.efficiency,
                     kv_setup_ms: dep.network.setup_ms,
@@ -397,6 +420,7 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
                 specs.push(WorkerSpec {
                     url: h.url(),
                     kv_events: h.kv_events.clone(),
+                    kv_events_replay: h.kv_events_replay.clone(),
                     role: role_name(g.engine.role).into(),
                     bootstrap_port: None,
                 });
@@ -576,6 +600,8 @@ struct WorkerEntry {
     seq_gaps: AtomicU64,
     /// The KV-event subscription is connected (events published from now on arrive).
     subscribed: AtomicBool,
+    /// How complete its index entries are ([`IndexState`]).
+    index_state: AtomicU8,
     /// Highest DP rank seen in its events (its index entries live under ranks 0..=this).
     max_rank: AtomicU32,
     /// The etcd record id, for workers that came from `--discovery`.
@@ -697,6 +723,7 @@ impl ServeState {
             events: AtomicU64::new(0),
             seq_gaps: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
+            index_state: AtomicU8::new(IndexState::Pending as u8),
             max_rank: AtomicU32::new(0),
             discovered_as,
         });
@@ -726,6 +753,7 @@ impl ServeState {
                 let spec = WorkerSpec {
                     url: rec.url.trim_end_matches('/').to_string(),
                     kv_events: rec.kv_events.clone(),
+                    kv_events_replay: rec.kv_events_replay.clone(),
                     role: rec.role.as_str().to_string(),
                     bootstrap_port: None,
                 };
@@ -775,7 +803,8 @@ impl ServeState {
     }
 
     /// Warm: the membership is read (with discovery) and every worker's KV-event
-    /// subscription is connected — or the warm-up timeout passed. Latched.
+    /// subscription is connected and its index rebuilt (replayed where the worker offers
+    /// replay) — or the warm-up timeout passed. Latched.
     fn is_warm(&self) -> bool {
         if self.cluster.warm.load(Ordering::Relaxed) {
             return true;
@@ -784,9 +813,10 @@ impl ServeState {
             .workers
             .read()
             .map(|ws| {
-                ws.iter()
-                    .filter(|w| w.spec.kv_events.is_some())
-                    .all(|w| w.subscribed.load(Ordering::Relaxed))
+                ws.iter().filter(|w| w.spec.kv_events.is_some()).all(|w| {
+                    w.subscribed.load(Ordering::Relaxed)
+                        && w.index_state.load(Ordering::Relaxed) != IndexState::Pending as u8
+                })
             })
             .unwrap_or(false);
         let warm = (self.cluster.membership_loaded.load(Ordering::Relaxed) && subscribed)
@@ -1198,52 +1228,261 @@ fn link_json(h: &LinkHealth) -> Value {
 
 // ----- KV events ------------------------------------------------------------------------------
 
+/// Longest a replay exchange may take; after it the missed events count as lost.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(3);
+
 async fn subscriber(state: std::sync::Weak<ServeState>, w: Arc<WorkerEntry>, endpoint: String) {
-    let mut translator = EngineHashTranslator::new();
-    let mut had_state = false;
-    let mut max_rank = 0u32;
+    let mut feed = Feed {
+        state,
+        replay: w.spec.kv_events_replay.clone(),
+        w: w.clone(),
+        translator: EngineHashTranslator::new(),
+        cursor: Cursor::default(),
+        max_rank: 0,
+    };
     loop {
         let (tx, mut rx) = mpsc::channel(1024);
         let ep = endpoint.clone();
         w.subscribed.store(false, Ordering::Relaxed);
+        let (on_tx, on_rx) = tokio::sync::oneshot::channel::<()>();
         let connected = w.clone();
         let sub = tokio::spawn(async move {
-            let on = move || connected.subscribed.store(true, Ordering::Relaxed);
+            let on = move || {
+                connected.subscribed.store(true, Ordering::Relaxed);
+                let _ = on_tx.send(());
+            };
             let _ = subscribe_once_notify(&ep, tx, Duration::from_millis(200), on).await;
         });
-        let mut last_seq: Option<u64> = None;
-        if had_state {
-            // Events may have been missed while disconnected.
-            if let Some(st) = state.upgrade() {
-                resync(&st, &w, &mut translator, max_rank);
+        // Subscribed before replaying: whatever is published after the replay's snapshot
+        // then arrives live (and what arrives twice is recognised).
+        let subscribed = tokio::select! {
+            r = on_rx => r.is_ok(),
+            _ = w.reconnect.notified() => false,
+        };
+        if subscribed {
+            if !feed.on_connected().await {
+                sub.abort();
+                return;
             }
-        }
-        loop {
-            tokio::select! {
-                msg = rx.recv() => {
-                    let Some(msg) = msg else { break };
-                    let Some(st) = state.upgrade() else { sub.abort(); return };
-                    let Ok((seq, payload)) = split_frames(msg) else {
-                        st.metrics.event_errors.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    };
-                    if let Some(l) = last_seq && seq != l.wrapping_add(1) {
-                        w.seq_gaps.fetch_add(1, Ordering::Relaxed);
-                        st.metrics.seq_gaps.fetch_add(1, Ordering::Relaxed);
-                        resync(&st, &w, &mut translator, max_rank);
+            loop {
+                tokio::select! {
+                    msg = rx.recv() => {
+                        let Some(msg) = msg else { break };
+                        let Ok((seq, payload)) = split_frames(msg) else {
+                            if let Some(st) = feed.state.upgrade() {
+                                st.metrics.event_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                            continue;
+                        };
+                        if !feed.on_live(seq, payload).await {
+                            sub.abort();
+                            return;
+                        }
                     }
-                    last_seq = Some(seq);
-                    had_state = true;
-                    if let Some(r) = apply_payload(&st, &w, &mut translator, &payload) {
-                        max_rank = max_rank.max(r);
-                        w.max_rank.fetch_max(r, Ordering::Relaxed);
-                    }
+                    _ = w.reconnect.notified() => break,
                 }
-                _ = w.reconnect.notified() => break,
             }
         }
         sub.abort();
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One worker's event stream as applied to the index. Methods returning `bool` return false
+/// when the frontend is gone.
+struct Feed {
+    state: std::sync::Weak<ServeState>,
+    w: Arc<WorkerEntry>,
+    replay: Option<String>,
+    translator: EngineHashTranslator,
+    cursor: Cursor,
+    max_rank: u32,
+}
+
+impl Feed {
+    fn set(&self, s: IndexState) {
+        self.w.index_state.store(s as u8, Ordering::Relaxed);
+    }
+
+    fn index_state(&self) -> IndexState {
+        IndexState::from_u8(self.w.index_state.load(Ordering::Relaxed))
+    }
+
+    fn apply(&mut self, st: &ServeState, seq: u64, payload: &[u8]) {
+        self.cursor.applied(seq, fingerprint(payload));
+        if let Some(r) = apply_payload(st, &self.w, &mut self.translator, payload) {
+            self.max_rank = self.max_rank.max(r);
+            self.w.max_rank.fetch_max(r, Ordering::Relaxed);
+        }
+    }
+
+    fn apply_all(&mut self, st: &ServeState, batches: Vec<Batch>) {
+        for (seq, p) in batches {
+            self.apply(st, seq, &p);
+        }
+    }
+
+    /// Forget the worker's entries (its cache state is no longer known).
+    fn clear(&mut self, st: &ServeState) {
+        resync(st, &self.w, &mut self.translator, self.max_rank);
+        self.cursor.reset();
+    }
+
+    /// A (re)connected subscription: fetch what was missed meanwhile — everything, the first
+    /// time — or, without replay, forget what may be stale.
+    async fn on_connected(&mut self) -> bool {
+        if let Some(ep) = self.replay.clone() {
+            return self.catch_up(&ep).await;
+        }
+        let Some(st) = self.state.upgrade() else {
+            return false;
+        };
+        if self.cursor.last().is_some() {
+            self.clear(&st);
+            self.set(IndexState::Partial);
+        } else if self.index_state() == IndexState::Pending {
+            self.set(IndexState::Unknown);
+        }
+        true
+    }
+
+    /// Replay from the last applied batch (or from 0) and apply what it means.
+    async fn catch_up(&mut self, ep: &str) -> bool {
+        let mut cleared_for_restart = false;
+        loop {
+            let r = request_replay(ep, self.cursor.replay_from(), REPLAY_TIMEOUT).await;
+            let Some(st) = self.state.upgrade() else {
+                return false;
+            };
+            let m = &st.metrics;
+            m.replays.fetch_add(1, Ordering::Relaxed);
+            let batches = match r {
+                Ok(b) => b,
+                Err(e) => {
+                    m.replay_failures.fetch_add(1, Ordering::Relaxed);
+                    if self.index_state() != IndexState::Partial {
+                        eprintln!(
+                            "switchyard serve: worker {}: KV-event replay failed ({e}); its index entries are rebuilt from live events",
+                            self.w.spec.url
+                        );
+                    }
+                    if self.cursor.last().is_some() {
+                        self.clear(&st);
+                        self.set(IndexState::Partial);
+                    } else if !cleared_for_restart {
+                        self.set(IndexState::Unknown);
+                    } else {
+                        self.set(IndexState::Partial);
+                    }
+                    return true;
+                }
+            };
+            m.replayed_batches
+                .fetch_add(batches.len() as u64, Ordering::Relaxed);
+            match self.cursor.plan(batches) {
+                Plan::Continue(apply) => {
+                    self.apply_all(&st, apply);
+                    return true;
+                }
+                Plan::Restarted => {
+                    // Its cache started over: so do its entries; then replay it from 0.
+                    m.engine_restarts.fetch_add(1, Ordering::Relaxed);
+                    self.clear(&st);
+                    if cleared_for_restart {
+                        self.set(IndexState::Partial);
+                        return true;
+                    }
+                    cleared_for_restart = true;
+                }
+                Plan::Lost(apply) => {
+                    self.clear(&st);
+                    self.apply_all(&st, apply);
+                    self.set(IndexState::Partial);
+                    return true;
+                }
+                Plan::Fresh { apply, complete } => {
+                    self.apply_all(&st, apply);
+                    if complete {
+                        self.set(IndexState::Complete);
+                    } else if self.index_state() != IndexState::Partial {
+                        self.set(IndexState::Partial);
+                    }
+                    return true;
+                }
+            }
+        }
+    }
+
+    async fn on_live(&mut self, seq: u64, payload: Bytes) -> bool {
+        let fp = fingerprint(&payload);
+        let first = self.cursor.last().is_none();
+        match self.cursor.classify(seq, fp) {
+            Live::Apply => {
+                let Some(st) = self.state.upgrade() else {
+                    return false;
+                };
+                if first && self.replay.is_none() && self.index_state() == IndexState::Unknown {
+                    // Followed from the engine's first batch: nothing was missed.
+                    if seq == 0 {
+                        self.set(IndexState::Complete);
+                    }
+                }
+                self.apply(&st, seq, &payload);
+                return true;
+            }
+            Live::Duplicate => {
+                if let Some(st) = self.state.upgrade() {
+                    st.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                return true;
+            }
+            Live::Gap => {
+                let Some(st) = self.state.upgrade() else {
+                    return false;
+                };
+                self.w.seq_gaps.fetch_add(1, Ordering::Relaxed);
+                st.metrics.seq_gaps.fetch_add(1, Ordering::Relaxed);
+                if self.replay.is_none() {
+                    self.clear(&st);
+                    self.set(IndexState::Partial);
+                }
+            }
+            Live::Restarted => {
+                let Some(st) = self.state.upgrade() else {
+                    return false;
+                };
+                st.metrics.engine_restarts.fetch_add(1, Ordering::Relaxed);
+                self.clear(&st);
+                if self.replay.is_none() {
+                    // A restarted engine starts empty and numbers from 0.
+                    self.set(if seq == 0 {
+                        IndexState::Complete
+                    } else {
+                        IndexState::Partial
+                    });
+                }
+            }
+        }
+        if let Some(ep) = self.replay.clone()
+            && !self.catch_up(&ep).await
+        {
+            return false;
+        }
+        let Some(st) = self.state.upgrade() else {
+            return false;
+        };
+        // Usually the replay delivered this batch already.
+        match self.cursor.classify(seq, fp) {
+            Live::Duplicate => {}
+            Live::Apply => self.apply(&st, seq, &payload),
+            Live::Gap | Live::Restarted => {
+                // The replay could not cover it.
+                self.clear(&st);
+                self.set(IndexState::Partial);
+                self.apply(&st, seq, &payload);
+            }
+        }
+        true
     }
 }
 
@@ -1352,6 +1591,7 @@ fn worker_json(st: &ServeState, w: &WorkerEntry) -> Value {
         "url": w.spec.url,
         "role": w.spec.role,
         "kv_events": w.spec.kv_events,
+        "kv_events_replay": w.spec.kv_events_replay,
         "healthy": w.healthy.load(Ordering::Relaxed),
         "models": w.models.lock().map(|m| m.clone()).unwrap_or_default(),
         "load": {
@@ -1366,6 +1606,7 @@ fn worker_json(st: &ServeState, w: &WorkerEntry) -> Value {
         "kv_events_received": w.events.load(Ordering::Relaxed),
         "kv_event_seq_gaps": w.seq_gaps.load(Ordering::Relaxed),
         "kv_events_subscribed": w.spec.kv_events.is_some().then(|| w.subscribed.load(Ordering::Relaxed)),
+        "kv_index": w.spec.kv_events.is_some().then(|| IndexState::from_u8(w.index_state.load(Ordering::Relaxed)).as_str()),
         "discovered_as": w.discovered_as,
     })
 }
@@ -1430,7 +1671,7 @@ async fn ready(State(st): State<Arc<ServeState>>) -> Response {
     let (ok, reason) = if ok && st.cluster.clustered && !warm {
         (
             false,
-            "warming up: reading the membership and subscribing to the workers' KV events",
+            "warming up: reading the membership, subscribing to the workers' KV events and replaying them",
         )
     } else {
         (ok, reason)
@@ -1457,9 +1698,16 @@ async fn ready(State(st): State<Arc<ServeState>>) -> Response {
         v["peers"] = json!(f.live_peers());
         links.insert("nats".into(), v);
     }
+    let mut kv_index = serde_json::Map::new();
+    for w in ws.iter().filter(|w| w.spec.kv_events.is_some()) {
+        let k = IndexState::from_u8(w.index_state.load(Ordering::Relaxed)).as_str();
+        let n = kv_index.get(k).and_then(Value::as_u64).unwrap_or(0);
+        kv_index.insert(k.into(), json!(n + 1));
+    }
     let body = json!({
         "ready": ok,
         "warm": warm,
+        "kv_index": kv_index,
         "mode": if disagg { "disaggregated" } else { "aggregated" },
         "healthy": {"aggregated": a, "prefill": p, "decode": d},
         "reason": if ok { Value::Null } else { json!(reason) },
@@ -2201,6 +2449,14 @@ struct Metrics {
     event_errors: AtomicU64,
     event_issues: AtomicU64,
     seq_gaps: AtomicU64,
+    /// Replay requests sent, failed (no answer), batches they delivered.
+    replays: AtomicU64,
+    replay_failures: AtomicU64,
+    replayed_batches: AtomicU64,
+    /// Live batches already applied from a replay.
+    duplicates: AtomicU64,
+    /// Engines seen restarting (sequence numbers reused with other content).
+    engine_restarts: AtomicU64,
     /// Disaggregated requests by where they were prefilled.
     pd_remote: AtomicU64,
     pd_local: AtomicU64,
@@ -2338,9 +2594,44 @@ async fn metrics(State(st): State<Arc<ServeState>>) -> Response {
     counter(
         &mut out,
         "switchyard_kv_event_seq_gaps_total",
-        "Sequence gaps (worker's index entries cleared).",
+        "Sequence gaps in workers' KV-event streams (repaired by replay where offered, else the worker's entries are cleared).",
         "",
         ld(&m.seq_gaps),
+    );
+    counter(
+        &mut out,
+        "switchyard_kv_event_replays_total",
+        "Replay requests to workers' KV-event replay sockets (start, reconnect, gap, restart).",
+        "",
+        ld(&m.replays),
+    );
+    counter(
+        &mut out,
+        "switchyard_kv_event_replay_failures_total",
+        "Replay requests without an answer (timeout, refused, malformed).",
+        "",
+        ld(&m.replay_failures),
+    );
+    counter(
+        &mut out,
+        "switchyard_kv_event_replayed_batches_total",
+        "Event batches received through replay.",
+        "",
+        ld(&m.replayed_batches),
+    );
+    counter(
+        &mut out,
+        "switchyard_kv_event_duplicates_total",
+        "Live event batches skipped because a replay had delivered them.",
+        "",
+        ld(&m.duplicates),
+    );
+    counter(
+        &mut out,
+        "switchyard_engine_restarts_total",
+        "Engine restarts recognised in KV-event streams (the worker's entries are rebuilt).",
+        "",
+        ld(&m.engine_restarts),
     );
     let (blocks, healthy, total) = {
         let r = st.router.lock();

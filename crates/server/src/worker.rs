@@ -34,7 +34,7 @@ use switchyard_kv::{BlockHasher, KvEvent};
 use switchyard_sim::network::Network;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::events::{EventPublisher, start_publisher};
+use crate::events::{EventPublisher, PublisherConfig, start_publisher};
 use crate::openai::{ApiError, Endpoint, ParsedRequest, parse_request, read_body};
 use crate::pd::{self, PullInfo, RemoteKv};
 use crate::tokenizer::{Tokenization, filler_piece, filler_text};
@@ -95,6 +95,14 @@ pub struct WorkerArgs {
     /// Publish KV events on this ZMQ endpoint (e.g. tcp://*:5557).
     #[arg(long, value_name = "ENDPOINT")]
     pub kv_events: Option<String>,
+    /// Serve vLLM's KV-event replay protocol on this ZMQ endpoint (ROUTER, e.g. tcp://*:5558):
+    /// a frontend that missed events, or restarted, fetches the last --kv-events-buffer
+    /// batches from the sequence number it names. Needs --kv-events.
+    #[arg(long, value_name = "ENDPOINT", requires = "kv_events")]
+    pub kv_events_replay: Option<String>,
+    /// Event batches kept for replay (vLLM's `buffer_steps`).
+    #[arg(long, default_value_t = crate::events::DEFAULT_REPLAY_BUFFER, value_name = "N")]
+    pub kv_events_buffer: usize,
     /// KV-event msgpack encoding.
     #[arg(long, value_enum, default_value_t = EventEncoding::Positional)]
     pub kv_events_encoding: EventEncoding,
@@ -174,6 +182,8 @@ impl Default for WorkerArgs {
             served_model_name: None,
             speedup: 1.0,
             kv_events: None,
+            kv_events_replay: None,
+            kv_events_buffer: crate::events::DEFAULT_REPLAY_BUFFER,
             kv_events_encoding: EventEncoding::Positional,
             kv_events_topic: String::new(),
             default_max_tokens: 16,
@@ -244,6 +254,12 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
                 .map(|e| format!(", KV events on {e}"))
                 .unwrap_or_default()
         );
+        if let Some(r) = &h.kv_events_replay {
+            eprintln!(
+                "  KV-event replay on {r} (last {} batches)",
+                args.kv_events_buffer
+            );
+        }
         let reg = match &args.register {
             Some(url) => Some(register_worker(&h, &args, url)?),
             None => None,
@@ -299,6 +315,8 @@ pub struct WorkerHandle {
     pub addr: SocketAddr,
     /// Bound KV-event endpoint (`tcp://IP:PORT`), when publishing.
     pub kv_events: Option<String>,
+    /// Bound KV-event replay endpoint, when serving replay.
+    pub kv_events_replay: Option<String>,
     /// Served model name.
     pub model: String,
     /// Engine role.
@@ -327,6 +345,10 @@ impl WorkerHandle {
         let mut r = WorkerRecord::new(&format!("http://{host}:{}", self.addr.port()), role);
         r.kv_events = self
             .kv_events
+            .as_deref()
+            .map(|ep| connectable_endpoint(ep, &host));
+        r.kv_events_replay = self
+            .kv_events_replay
             .as_deref()
             .map(|ep| connectable_endpoint(ep, &host));
         r.model = Some(self.model.clone());
@@ -395,12 +417,26 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
         .served_model_name
         .clone()
         .unwrap_or_else(|| cfg.model.clone());
-    let (publisher, kv_events) = match &args.kv_events {
+    anyhow::ensure!(
+        args.kv_events_replay.is_none() || args.kv_events.is_some(),
+        "--kv-events-replay needs --kv-events (replay recovers that stream)"
+    );
+    anyhow::ensure!(
+        args.kv_events_buffer > 0,
+        "--kv-events-buffer must be at least 1"
+    );
+    let (publisher, kv_events, kv_events_replay) = match &args.kv_events {
         Some(ep) => {
-            let (p, bound) = start_publisher(ep, args.kv_events_topic.clone()).await?;
-            (Some(p), Some(bound))
+            let p = start_publisher(PublisherConfig {
+                endpoint: ep.clone(),
+                topic: args.kv_events_topic.clone(),
+                replay_endpoint: args.kv_events_replay.clone(),
+                buffer: args.kv_events_buffer,
+            })
+            .await?;
+            (Some(p.publisher), Some(p.endpoint), p.replay_endpoint)
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
@@ -478,6 +514,7 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
     Ok(WorkerHandle {
         addr,
         kv_events,
+        kv_events_replay,
         model,
         role: cfg.role,
         advertise_host,
