@@ -5,6 +5,10 @@
   openai      the official `openai` client streams chat and completions through serve
   subscribe   a pyzmq + msgpack subscriber decodes a worker's KV events (vLLM wire format)
   publish     a pyzmq + msgpack publisher emits vLLM-format KV events (positional or map)
+  replay      a pyzmq DEALER fetches a worker's buffered KV events over vLLM's replay protocol
+  publish-replay
+              a publisher with vLLM's replay socket (ROUTER) that loses one batch on the
+              live stream: the subscriber must recover it by replay
 
 Each subcommand exits non-zero with a message on the first failed check.
 """
@@ -212,6 +216,108 @@ def cmd_publish(a):
         time.sleep(0.05)
 
 
+END_SEQ = (-1).to_bytes(8, "big", signed=True)
+
+
+def cmd_replay(a):
+    import msgpack
+    import zmq
+
+    prompts = [list(range(50_000 + 1000 * i, 50_000 + 1000 * i + 48)) for i in range(2)]
+    for p in prompts:  # 3 blocks of 16 each, cached before anyone asks for events
+        post(a.http + "/v1/completions", {"model": a.model, "prompt": p, "max_tokens": 2})
+    ctx = zmq.Context()
+    d = ctx.socket(zmq.DEALER)
+    d.connect(a.endpoint)
+    # vLLM's request: [b"", start_seq as 8 bytes big-endian] (a REQ socket adds the b"").
+    d.send_multipart([b"", (0).to_bytes(8, "big")])
+    seqs, stored = [], []
+    while True:
+        check(d.poll(5000), "replay did not answer within 5 s")
+        frames = d.recv_multipart()
+        check(len(frames) == 3 and frames[0] == b"", f"expected [b'', seq, payload], got {frames!r:.200}")
+        if frames[1] == END_SEQ:
+            check(frames[2] == b"", "end marker with a payload")
+            break
+        seq = int.from_bytes(frames[1], "big")
+        seqs.append(seq)
+        ts, events, rank = msgpack.unpackb(frames[2], raw=False, strict_map_key=False)
+        for ev in events:
+            if ev[0] == "BlockStored":
+                stored.append(ev[3])
+    check(seqs == list(range(len(seqs))) and seqs, f"replayed seqs {seqs} not 0..n")
+    check(all(p in stored for p in prompts), f"prompts not among stored token_ids ({len(stored)} events)")
+    # From the last one only.
+    d.send_multipart([b"", seqs[-1].to_bytes(8, "big")])
+    got = []
+    while True:
+        check(d.poll(5000), "second replay did not answer")
+        f = d.recv_multipart()
+        if f[1] == END_SEQ:
+            break
+        got.append(int.from_bytes(f[1], "big"))
+    check(got == [seqs[-1]], f"replay from {seqs[-1]} gave {got}")
+    print(f"replay: ok, {len(seqs)} batches")
+
+
+def cmd_publish_replay(a):
+    """vLLM's publisher semantics: every batch is buffered, the ROUTER answers
+    [id, b"", start] with [id, b"", seq, payload]... then [id, b"", END_SEQ, b""]."""
+    import msgpack
+    import zmq
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(a.bind)
+    router = ctx.socket(zmq.ROUTER)
+    router.bind(a.replay)
+    buffer = []
+
+    def stored(hashes, parent, tokens):
+        return ["BlockStored", hashes, parent, tokens, 16, None, "GPU"]
+
+    def emit(events, send=True):
+        seq = len(buffer)
+        payload = msgpack.packb([time.time(), events, 0])
+        buffer.append((seq, payload))
+        if send:
+            pub.send_multipart([b"", seq.to_bytes(8, "big"), payload])
+
+    def blocks(first, base):
+        toks = list(range(first, first + 8 * 16))
+        hs = [base + i for i in range(8)]
+        return toks, hs
+
+    ta, ha = blocks(a.first_token, 2**63 + 1000)
+    tb, hb = blocks(a.first_token + 10_000, 2**63 + 2000)
+    # Published before any subscriber: only a replay from 0 can deliver them.
+    emit([stored(ha[:4], None, ta[:64])])
+    emit([stored(ha[4:], ha[3], ta[64:])])
+    served, dropped_at = 0, None
+    end = time.time() + a.seconds
+    print("publishing", flush=True)
+    while time.time() < end:
+        if router.poll(20):
+            frames = router.recv_multipart()
+            if len(frames) != 3:
+                continue
+            client, _, start = frames
+            start = int.from_bytes(start, "big")
+            for seq, payload in buffer:
+                if seq >= start:
+                    router.send_multipart([client, b"", seq.to_bytes(8, "big"), payload])
+            router.send_multipart([client, b"", END_SEQ, b""])
+            served += 1
+            if dropped_at is None:
+                dropped_at = time.time() + 0.5
+        if dropped_at is not None and time.time() >= dropped_at and len(buffer) == 2:
+            # The subscriber is connected by now. Batch 2 is lost on the way (buffered
+            # only); batch 3 arrives and names batch 2's last block as its parent.
+            emit([stored(hb[:4], None, tb[:64])], send=False)
+            emit([stored(hb[4:], hb[3], tb[64:])])
+            print("dropped batch 2, sent batch 3", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sp = p.add_subparsers(dest="cmd", required=True)
@@ -229,8 +335,23 @@ def main():
     b.add_argument("--first-token", type=int, default=1)
     b.add_argument("--blocks", type=int, default=8)
     b.add_argument("--seconds", type=float, default=20)
+    r = sp.add_parser("replay")
+    r.add_argument("--endpoint", required=True)
+    r.add_argument("--http", required=True)
+    r.add_argument("--model", default="Qwen3-32B")
+    pr = sp.add_parser("publish-replay")
+    pr.add_argument("--bind", required=True)
+    pr.add_argument("--replay", required=True)
+    pr.add_argument("--first-token", type=int, default=1)
+    pr.add_argument("--seconds", type=float, default=20)
     a = p.parse_args()
-    {"openai": cmd_openai, "subscribe": cmd_subscribe, "publish": cmd_publish}[a.cmd](a)
+    {
+        "openai": cmd_openai,
+        "subscribe": cmd_subscribe,
+        "publish": cmd_publish,
+        "replay": cmd_replay,
+        "publish-replay": cmd_publish_replay,
+    }[a.cmd](a)
 
 
 if __name__ == "__main__":

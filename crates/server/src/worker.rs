@@ -882,6 +882,12 @@ impl Driver {
                     },
                 }
             }
+            // Events first: they need the token ids of blocks whose requests finish in this
+            // step (forgotten below), and routers should know a cache before clients see
+            // the tokens it produced.
+            if !out.kv_events.is_empty() {
+                self.publish_events(&out.kv_events);
+            }
             for &id in out.first_tokens.iter().chain(&out.decoded) {
                 self.send_token(id);
             }
@@ -901,9 +907,6 @@ impl Driver {
             }
             for kr in &out.kv_reserved {
                 self.start_transfer(kr.id, kr.dp_rank, kr.cached_tokens, out.end);
-            }
-            if !out.kv_events.is_empty() {
-                self.publish_events(&out.kv_events);
             }
             self.publish_snapshot();
             since_yield += 1;

@@ -22,11 +22,13 @@ use switchyard_server::ServeArgs;
 use switchyard_server::serve::{ServeHandle, start_serve};
 use switchyard_server::worker::{WorkerArgs, WorkerHandle, register_worker, start_worker};
 
-/// A simulated worker at high speedup (a request takes a few ms), KV events on or off.
+/// A simulated worker at high speedup (a request takes a few ms), KV events (with vLLM's
+/// replay socket) on or off.
 async fn sim_worker(events: bool) -> WorkerHandle {
     let args = WorkerArgs {
         speedup: 1e4,
         kv_events: events.then(|| "tcp://127.0.0.1:0".to_string()),
+        kv_events_replay: events.then(|| "tcp://127.0.0.1:0".to_string()),
         ..WorkerArgs::default()
     };
     start_worker(&args, engine_cfg()).await.expect("worker")
@@ -505,6 +507,28 @@ async fn losing_a_replica_mid_load_costs_the_other_replicas_clients_nothing() {
     .unwrap();
     let warm = wait_ready(&a2, Duration::from_secs(10)).await;
     eprintln!("restarted replica warm after {warm:?}");
+    // Warm means rebuilt: by replay from the workers' buffers, the restarted replica knows
+    // every block cached under load before it existed, exactly as B does.
+    let cached = |ws: Vec<Value>| -> BTreeMap<String, (u64, String)> {
+        ws.iter()
+            .map(|w| {
+                (
+                    w["url"].as_str().unwrap().to_string(),
+                    (
+                        w["cached_blocks"].as_u64().unwrap(),
+                        w["kv_index"].as_str().unwrap_or("").to_string(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let (at_a2, at_b) = (cached(workers(&a2).await), cached(workers(&b).await));
+    assert_eq!(at_a2, at_b, "restarted replica's index differs from B's");
+    assert!(
+        at_a2.values().all(|(_, state)| state == "complete")
+            && at_a2.values().map(|(n, _)| n).sum::<u64>() > 0,
+        "{at_a2:?}"
+    );
     let c = client();
     for g in 20..24u32 {
         let (_, w1) = complete(&c, &b.url(), &shared_prefix_prompt(g, 0)).await;

@@ -1,6 +1,8 @@
 //! Interoperability with third-party Python clients (`scripts/interop.py`): the official
-//! `openai` client through `serve`, a pyzmq+msgpack subscriber of worker events, and a pyzmq
-//! publisher of vLLM-format events feeding `serve`'s index.
+//! `openai` client through `serve`, a pyzmq+msgpack subscriber of worker events, a pyzmq
+//! publisher of vLLM-format events feeding `serve`'s index, and vLLM's replay protocol both
+//! ways (a pyzmq client of our worker's replay socket; a pyzmq replay socket repairing a gap
+//! in `serve`'s stream).
 //!
 //! Python comes from `$SWITCHYARD_PYTHON`, else `target/venv/bin/python` (created by
 //! `.ci/run`). Without it the tests are skipped, unless `CI` is set (then they fail).
@@ -226,6 +228,96 @@ async fn python_publishers_drive_the_index_in_both_encodings() {
         assert_eq!(h["x-switchyard-worker"], w.url().as_str());
         assert_eq!(h["x-switchyard-overlap-blocks"], "8");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyzmq_replay_client_reads_the_worker_buffer() {
+    let Some(py) = python() else { return };
+    let args = WorkerArgs {
+        speedup: 1e6,
+        kv_events: Some("tcp://127.0.0.1:0".into()),
+        kv_events_replay: Some("tcp://127.0.0.1:0".into()),
+        ..WorkerArgs::default()
+    };
+    let w = start_worker(&args, engine_cfg()).await.unwrap();
+    run_py(
+        py,
+        vec![
+            "replay".into(),
+            "--endpoint".into(),
+            w.kv_events_replay.clone().unwrap(),
+            "--http".into(),
+            w.url(),
+        ],
+    )
+    .await;
+}
+
+/// A vLLM-style publisher (pyzmq) whose first two batches went out before `serve` existed
+/// and whose third is lost on the live stream: `serve` gets all of them by replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_replay_socket_repairs_a_lost_batch() {
+    let Some(py) = python() else { return };
+    let w = worker(1e6, false).await;
+    let (port, replay) = (free_port(), free_port());
+    let child = Command::new(&py)
+        .arg(root().join("scripts/interop.py"))
+        .args([
+            "publish-replay",
+            "--bind",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--replay",
+            &format!("tcp://127.0.0.1:{replay}"),
+            "--first-token",
+            "300000",
+            "--seconds",
+            "30",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = KillOnDrop(child);
+    let s = start_serve(&ServeArgs {
+        workers: vec![format!(
+            "{},kv-events=tcp://127.0.0.1:{port},replay=tcp://127.0.0.1:{replay}",
+            w.url()
+        )],
+        router: Some("kv".into()),
+        health_interval: 0.2,
+        ..ServeArgs::default()
+    })
+    .await
+    .unwrap();
+    let base = s.url();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen_eight = false;
+    loop {
+        let (_, body) = get(&format!("{base}/v1/workers")).await;
+        let j: Value = serde_json::from_str(&body).unwrap();
+        let cached = j["data"][0]["cached_blocks"].as_u64().unwrap();
+        // First the 8 blocks published before serve started, then 8 more across the gap.
+        seen_eight |= cached == 8;
+        if cached == 16 {
+            assert_eq!(j["data"][0]["kv_index"], "complete", "{j}");
+            assert_eq!(j["data"][0]["kv_event_seq_gaps"], 1, "{j}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "gap never repaired: {j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen_eight, "the pre-start batches were not replayed first");
+    // The repaired prefix routes: 8 blocks of the batch lost live plus the one after it.
+    let p: Vec<u32> = (310_000..310_000 + 128).chain(1..20).collect();
+    let (st, v, h) = post(
+        &format!("{base}/v1/completions"),
+        &format!(
+            r#"{{"model":"Qwen3-32B","prompt":{},"max_tokens":1}}"#,
+            serde_json::to_string(&p).unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(h["x-switchyard-overlap-blocks"], "8");
 }
 
 struct KillOnDrop(std::process::Child);

@@ -1,0 +1,180 @@
+//! vLLM's KV-event replay between real workers and `serve` on loopback: a frontend that
+//! starts after its workers rebuilds their index entries from the replay buffer, and an
+//! engine restarted behind the same address is recognised and its stale entries dropped.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{engine_cfg, get, post, tokens};
+use serde_json::Value;
+use switchyard_server::serve::{ServeArgs, start_serve};
+use switchyard_server::worker::{WorkerArgs, WorkerHandle, start_worker};
+
+async fn replay_worker(port: u16, events: u16, replay: Option<u16>) -> WorkerHandle {
+    let args = WorkerArgs {
+        host: "127.0.0.1".into(),
+        port,
+        speedup: 1e6,
+        kv_events: Some(format!("tcp://127.0.0.1:{events}")),
+        kv_events_replay: replay.map(|p| format!("tcp://127.0.0.1:{p}")),
+        ..WorkerArgs::default()
+    };
+    start_worker(&args, engine_cfg())
+        .await
+        .expect("worker starts")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// 64-token prompt (4 blocks of 16) starting at token `base`.
+async fn complete(url: &str, base: u32) -> reqwest::header::HeaderMap {
+    let (st, v, h) = post(
+        &format!("{url}/v1/completions"),
+        &format!(
+            r#"{{"model":"Qwen3-32B","prompt":{},"max_tokens":1}}"#,
+            tokens(base, 64)
+        ),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    h
+}
+
+async fn workers_json(base: &str) -> Vec<Value> {
+    let (_, body) = get(&format!("{base}/v1/workers")).await;
+    let j: Value = serde_json::from_str(&body).unwrap();
+    j["data"].as_array().unwrap().clone()
+}
+
+/// Poll `/v1/workers` until `ok` holds, or fail with the last listing.
+async fn wait_workers(base: &str, what: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ws = workers_json(base).await;
+        if ok(&ws) {
+            return ws;
+        }
+        assert!(Instant::now() < deadline, "{what}: {ws:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn metric(base: &str, name: &str) -> f64 {
+    let (_, body) = get(&format!("{base}/metrics")).await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frontend_started_after_its_workers_rebuilds_the_index_by_replay() {
+    let a = replay_worker(0, 0, Some(0)).await;
+    let b = replay_worker(0, 0, None).await;
+    // Both workers cache the same 3 prompts (12 blocks) before any frontend exists.
+    for w in [&a, &b] {
+        for base in [1_000, 2_000, 3_000] {
+            complete(&w.url(), base).await;
+        }
+    }
+    let specs = vec![
+        format!(
+            "{},kv-events={},replay={}",
+            a.url(),
+            a.kv_events.as_ref().unwrap(),
+            a.kv_events_replay.as_ref().unwrap()
+        ),
+        format!("{},kv-events={}", b.url(), b.kv_events.as_ref().unwrap()),
+    ];
+    let s = start_serve(&ServeArgs {
+        workers: specs,
+        router: Some("kv".into()),
+        health_interval: 0.2,
+        ..ServeArgs::default()
+    })
+    .await
+    .unwrap();
+    let base = s.url();
+    let ws = wait_workers(&base, "replay never rebuilt worker A", |ws| {
+        ws[0]["kv_index"] == "complete" && ws[1]["kv_index"] == "unknown"
+    })
+    .await;
+    // A's entries came from the replay buffer; B offers no replay, so what it cached before
+    // the frontend subscribed is unknown to it.
+    let (_, m) = get(&format!("{base}/metrics")).await;
+    assert_eq!(ws[0]["cached_blocks"], 12, "{ws:#?}\n{m}");
+    assert_eq!(ws[1]["cached_blocks"], 0, "{ws:#?}");
+    assert_eq!(
+        ws[0]["kv_events_replay"],
+        a.kv_events_replay.clone().unwrap()
+    );
+    // So a repeated prompt goes to A with its whole prefix matched.
+    let h = complete(&base, 2_000).await;
+    assert_eq!(h["x-switchyard-worker"], a.url().as_str());
+    assert_eq!(h["x-switchyard-overlap-blocks"], "4");
+    assert!(metric(&base, "switchyard_kv_event_replays_total").await >= 1.0);
+    assert!(metric(&base, "switchyard_kv_event_replayed_batches_total").await >= 1.0);
+    assert_eq!(
+        metric(&base, "switchyard_kv_event_replay_failures_total").await,
+        0.0
+    );
+    let (_, ready) = get(&format!("{base}/ready")).await;
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready["kv_index"]["complete"], 1, "{ready}");
+    assert_eq!(ready["kv_index"]["unknown"], 1, "{ready}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_engine_is_recognised_and_its_stale_entries_dropped() {
+    let (http, events, replay) = (free_port(), free_port(), free_port());
+    let w = replay_worker(http, events, Some(replay)).await;
+    let s = start_serve(&ServeArgs {
+        workers: vec![format!(
+            "http://127.0.0.1:{http},kv-events=tcp://127.0.0.1:{events},replay=tcp://127.0.0.1:{replay}"
+        )],
+        router: Some("kv".into()),
+        health_interval: 0.1,
+        ..ServeArgs::default()
+    })
+    .await
+    .unwrap();
+    let base = s.url();
+    wait_workers(&base, "never subscribed", |ws| {
+        ws[0]["kv_index"] == "complete"
+    })
+    .await;
+    for b in [1_000, 2_000, 3_000] {
+        complete(&base, b).await;
+    }
+    wait_workers(&base, "live events never arrived", |ws| {
+        ws[0]["cached_blocks"] == 12
+    })
+    .await;
+    // The engine dies and a new one comes up behind the same addresses with another prompt
+    // cached: the same sequence numbers now mean other batches.
+    w.shutdown();
+    drop(w);
+    wait_workers(&base, "the dead worker stayed healthy", |ws| {
+        ws[0]["healthy"] == false
+    })
+    .await;
+    let w2 = replay_worker(http, events, Some(replay)).await;
+    complete(&w2.url(), 9_000).await;
+    let ws = wait_workers(&base, "the restart was not recognised", |ws| {
+        ws[0]["healthy"] == true && ws[0]["cached_blocks"] == 4
+    })
+    .await;
+    assert_eq!(ws[0]["kv_index"], "complete", "{ws:#?}");
+    assert!(metric(&base, "switchyard_engine_restarts_total").await >= 1.0);
+    // Routing follows the new cache, not the old one.
+    let h = complete(&base, 9_000).await;
+    assert_eq!(h["x-switchyard-overlap-blocks"], "4");
+    let h = complete(&base, 1_000).await;
+    assert_eq!(h["x-switchyard-overlap-blocks"], "0");
+}
