@@ -73,9 +73,10 @@ port=8001
 zmq=5557
 add_worker() { # role
     start "worker-$1-$port" "$sy" worker --host 127.0.0.1 --port "$port" --role "$1" --speedup "$speedup" \
-        --kv-events "tcp://127.0.0.1:$zmq" --register "etcd://127.0.0.1:$etcd_port"
+        --kv-events "tcp://127.0.0.1:$zmq" --kv-events-replay "tcp://127.0.0.1:$((zmq + 1))" \
+        --register "etcd://127.0.0.1:$etcd_port"
     port=$((port + 1))
-    zmq=$((zmq + 1))
+    zmq=$((zmq + 2))
 }
 if [ "$prefill" -gt 0 ]; then
     for ((i = 0; i < prefill; i++)); do add_worker prefill; done

@@ -65,8 +65,10 @@ pub struct ServeArgs {
     /// HTTP port.
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    /// An upstream worker: `URL[,kv-events=tcp://HOST:PORT][,role=aggregated|prefill|decode]`.
-    /// Repeatable.
+    /// An upstream worker:
+    /// `URL[,kv-events=tcp://HOST:PORT][,replay=tcp://HOST:PORT][,role=aggregated|prefill|decode]`.
+    /// `replay=` is the engine's KV-event replay socket (vLLM's `replay_endpoint`): missed
+    /// events are fetched from it instead of forgetting the worker's cache. Repeatable.
     #[arg(long = "worker", value_name = "SPEC")]
     pub workers: Vec<String>,
     /// Deployment file (the simulator's TOML): starts the simulated workers it describes
@@ -2683,7 +2685,7 @@ fn render_cluster_metrics(st: &ServeState, out: &mut String) {
     let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let _ = writeln!(
         out,
-        "# HELP switchyard_warm 1 once the replica is warm (membership read, KV events subscribed).\n# TYPE switchyard_warm gauge\nswitchyard_warm {}",
+        "# HELP switchyard_warm 1 once the replica is warm (membership read, KV events subscribed and replayed).\n# TYPE switchyard_warm gauge\nswitchyard_warm {}",
         u8::from(st.is_warm())
     );
     if let Some(h) = &c.etcd {
@@ -2798,5 +2800,19 @@ mod tests {
         assert!("h:8001".parse::<WorkerSpec>().is_err());
         assert!("http://h,role=boss".parse::<WorkerSpec>().is_err());
         assert!("http://h,foo".parse::<WorkerSpec>().is_err());
+        let s: WorkerSpec = "http://h:8001,kv-events=tcp://h:5557,replay=tcp://h:5558"
+            .parse()
+            .unwrap();
+        assert_eq!(s.kv_events_replay.as_deref(), Some("tcp://h:5558"));
+        // Replay without the stream it repairs, or not over TCP: refused with the reason.
+        let e = "http://h,replay=tcp://h:5558"
+            .parse::<WorkerSpec>()
+            .unwrap_err();
+        assert!(e.contains("needs kv-events"), "{e}");
+        assert!(
+            "http://h,kv-events=tcp://h:1,replay=h:2"
+                .parse::<WorkerSpec>()
+                .is_err()
+        );
     }
 }

@@ -100,11 +100,16 @@ async fn a_frontend_started_after_its_workers_rebuilds_the_index_by_replay() {
     })
     .await
     .unwrap();
+    let t0 = Instant::now();
     let base = s.url();
     let ws = wait_workers(&base, "replay never rebuilt worker A", |ws| {
         ws[0]["kv_index"] == "complete" && ws[1]["kv_index"] == "unknown"
     })
     .await;
+    eprintln!(
+        "index rebuilt by replay {:?} after serve started",
+        t0.elapsed()
+    );
     // A's entries came from the replay buffer; B offers no replay, so what it cached before
     // the frontend subscribed is unknown to it.
     let (_, m) = get(&format!("{base}/metrics")).await;
