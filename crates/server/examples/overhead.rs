@@ -1,11 +1,16 @@
-//! Frontend + router overhead: the same requests sent directly to a zero-delay simulated worker
-//! and through `serve`, sequentially (added latency p50/p99) and with concurrency (max req/s,
-//! streamed chunks/s).
+//! Frontend + router overhead: the same requests sent directly to a zero-delay simulated worker,
+//! through `serve`, and through a bare reverse proxy (axum + reqwest, the same HTTP stack with
+//! no routing, tokenization or bookkeeping: the floor of any proxy hop built on it on this
+//! machine), sequentially (added latency p50/p99) and with concurrency (max req/s, streamed
+//! chunks/s).
 //!
 //! `cargo run --release -p switchyard-server --example overhead -- [SECONDS] [WORKERS]`
 
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
 use switchyard_engine::EngineConfig;
 use switchyard_server::serve::{ServeArgs, start_serve};
 use switchyard_server::worker::{WorkerArgs, start_worker};
@@ -67,6 +72,34 @@ async fn throughput(url: &str, conc: usize, secs: f64, body: &'static str) -> (f
     (n as f64 / el, chunks as f64 / el)
 }
 
+/// Forward the body to `upstream` and stream the answer back: nothing else.
+async fn bare_proxy(upstream: String) -> anyhow::Result<String> {
+    async fn fwd(
+        State((c, url)): State<(reqwest::Client, String)>,
+        body: axum::body::Bytes,
+    ) -> Response {
+        let r = c
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("upstream");
+        let status = r.status();
+        let mut out = Response::new(Body::from_stream(r.bytes_stream()));
+        *out.status_mut() = status;
+        out
+    }
+    let c = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let app = axum::Router::new()
+        .route("/v1/completions", axum::routing::post(fwd))
+        .with_state((c, format!("{upstream}/v1/completions")));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move { axum::serve(l, app).await });
+    Ok(format!("http://{addr}/v1/completions"))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let mut a = std::env::args().skip(1);
@@ -96,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let direct = format!("{}/v1/completions", ws[0].url());
     let routed = format!("{}/v1/completions", s.url());
+    let bare = bare_proxy(ws[0].url()).await?;
     const SMALL: &str =
         r#"{"model":"Qwen3-32B","prompt":"Say hello to the router.","max_tokens":1}"#;
     const STREAM: &str =
@@ -103,23 +137,45 @@ async fn main() -> anyhow::Result<()> {
     let c = reqwest::Client::new();
     latencies(&c, &direct, 200, SMALL).await;
     latencies(&c, &routed, 200, SMALL).await;
+    latencies(&c, &bare, 200, SMALL).await;
     let n = (2000.0 * secs / 3.0) as usize;
-    let mut d = latencies(&c, &direct, n, SMALL).await;
-    let mut r = latencies(&c, &routed, n, SMALL).await;
-    let (d50, d99, r50, r99) = (
+    // Interleaved rounds so machine noise hits all three alike.
+    let (mut d, mut r, mut b) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..10 {
+        d.extend(latencies(&c, &direct, n / 10, SMALL).await);
+        r.extend(latencies(&c, &routed, n / 10, SMALL).await);
+        b.extend(latencies(&c, &bare, n / 10, SMALL).await);
+    }
+    let (d50, d99, r50, r99, b50, b99) = (
         pct(&mut d, 50.0),
         pct(&mut d, 99.0),
         pct(&mut r, 50.0),
         pct(&mut r, 99.0),
+        pct(&mut b, 50.0),
+        pct(&mut b, 99.0),
     );
-    println!("sequential non-streaming, {n} requests (µs):");
-    println!("  direct   p50 {d50:8.1}  p99 {d99:8.1}");
-    println!("  serve    p50 {r50:8.1}  p99 {r99:8.1}");
-    println!("  added    p50 {:8.1}  p99 {:8.1}", r50 - d50, r99 - d99);
+    println!("sequential non-streaming, {n} requests each (µs):");
+    println!("  direct      p50 {d50:8.1}  p99 {d99:8.1}");
+    println!("  serve       p50 {r50:8.1}  p99 {r99:8.1}");
+    println!("  bare proxy  p50 {b50:8.1}  p99 {b99:8.1}");
+    println!(
+        "  added by serve       p50 {:8.1}  p99 {:8.1}",
+        r50 - d50,
+        r99 - d99
+    );
+    println!(
+        "  added by bare proxy  p50 {:8.1}  p99 {:8.1}",
+        b50 - d50,
+        b99 - d99
+    );
+    println!("  serve beyond a bare proxy hop  p50 {:8.1}", r50 - b50);
     for conc in [16, 64] {
         let (dq, _) = throughput(&direct, conc, secs, SMALL).await;
         let (rq, _) = throughput(&routed, conc, secs, SMALL).await;
-        println!("concurrency {conc}: direct {dq:8.0} req/s, serve {rq:8.0} req/s");
+        let (bq, _) = throughput(&bare, conc, secs, SMALL).await;
+        println!(
+            "concurrency {conc}: direct {dq:8.0} req/s, serve {rq:8.0} req/s, bare proxy {bq:8.0} req/s"
+        );
     }
     let (_, dc) = throughput(&direct, 32, secs, STREAM).await;
     let (_, rc) = throughput(&routed, 32, secs, STREAM).await;
