@@ -72,6 +72,10 @@ async fn throughput(url: &str, conc: usize, secs: f64, body: &'static str) -> (f
     (n as f64 / el, chunks as f64 / el)
 }
 
+// The allocator the `switchyard` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Forward the body to `upstream` and stream the answer back: nothing else.
 async fn bare_proxy(upstream: String) -> anyhow::Result<String> {
     async fn fwd(

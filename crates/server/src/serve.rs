@@ -1017,6 +1017,24 @@ impl ServeState {
         }
     }
 
+    /// Some healthy worker serves `model`, or none reports any model (then anything goes).
+    /// Per request: stops at the first match instead of collecting every worker's list.
+    fn serves_model(&self, model: &str) -> bool {
+        let Ok(ws) = self.workers.read() else {
+            return true;
+        };
+        let mut any = false;
+        for w in ws.iter().filter(|w| w.healthy.load(Ordering::Relaxed)) {
+            if let Ok(m) = w.models.lock() {
+                if m.iter().any(|n| n == model) {
+                    return true;
+                }
+                any |= !m.is_empty();
+            }
+        }
+        !any
+    }
+
     fn models(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         if let Ok(ws) = self.workers.read() {
@@ -1762,7 +1780,6 @@ async fn proxy_inner(
     start: Instant,
 ) -> Result<Response, ApiError> {
     let p = parse_request(&body, ep)?;
-    let known = st.models();
     let disagg = st.is_disaggregated();
     let healthy = |role: &str| -> Vec<Arc<WorkerEntry>> {
         st.workers
@@ -1786,7 +1803,8 @@ async fn proxy_inner(
             },
         ));
     }
-    if !known.is_empty() && !known.contains(&p.model) {
+    if !st.serves_model(&p.model) {
+        let known = st.models();
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
