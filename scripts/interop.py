@@ -309,7 +309,7 @@ def cmd_publish_replay(a):
             router.send_multipart([client, b"", END_SEQ, b""])
             served += 1
             if dropped_at is None:
-                dropped_at = time.time() + 0.5
+                dropped_at = time.time() + 1.5
         if dropped_at is not None and time.time() >= dropped_at and len(buffer) == 2:
             # The subscriber is connected by now. Batch 2 is lost on the way (buffered
             # only); batch 3 arrives and names batch 2's last block as its parent.

@@ -181,13 +181,18 @@ async fn serve_replay(mut sock: zeromq::RouterSocket, buffer: ReplayBuffer) {
         };
         for (seq, payload) in batches.into_iter().chain([(END_SEQ, Bytes::new())]) {
             let Ok(m) = reply(seq, payload) else { break };
-            // The requester went away: stop sending to it.
-            if sock.send(m).await.is_err() {
-                break;
+            // A requester that went away or stopped reading is abandoned: it must not hold
+            // up the others (libzmq would drop its messages instead).
+            match tokio::time::timeout(REPLAY_SEND_TIMEOUT, sock.send(m)).await {
+                Ok(Ok(())) => {}
+                _ => break,
             }
         }
     }
 }
+
+/// Longest one replay message may wait to be sent to a requester.
+const REPLAY_SEND_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Why a replay request got no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -201,15 +206,23 @@ pub enum ReplayError {
 }
 
 /// Ask the replay socket at `endpoint` for every buffered batch from `start` on (vLLM's
-/// protocol, as a DEALER). Returns them in order, without the end marker. `timeout` bounds
-/// the whole exchange.
+/// protocol, as a DEALER). Returns them in order, without the end marker. `idle` bounds the
+/// wait for each message (a full 10,000-batch buffer may take longer than that in total).
 pub async fn request_replay(
     endpoint: &str,
     start: u64,
-    timeout: Duration,
+    idle: Duration,
 ) -> Result<Vec<Received>, ReplayError> {
     let ep = normalize_endpoint(endpoint);
     let name = endpoint.to_string();
+    // The ZMQ library retries a refused connection forever: find out with plain TCP first.
+    if let Some(addr) = ep.strip_prefix("tcp://") {
+        match tokio::time::timeout(idle, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(ReplayError::Connect(name, e.to_string())),
+            Err(_) => return Err(ReplayError::Timeout(name)),
+        }
+    }
     // In its own task: the ZMQ library panics on some peer failures (`todo!()`).
     let task = tokio::spawn(async move {
         let mut sock = zeromq::DealerSocket::new();
@@ -226,9 +239,9 @@ pub async fn request_replay(
             .map_err(|e| ReplayError::Connect(ep.clone(), e.to_string()))?;
         let mut out = Vec::new();
         loop {
-            let msg = sock
-                .recv()
+            let msg = tokio::time::timeout(idle, sock.recv())
                 .await
+                .map_err(|_| ReplayError::Timeout(ep.clone()))?
                 .map_err(|e| ReplayError::Protocol(ep.clone(), e.to_string()))?;
             let (seq, payload) = split_frames(msg)
                 .map_err(|_| ReplayError::Protocol(ep.clone(), "malformed reply".into()))?;
@@ -239,20 +252,14 @@ pub async fn request_replay(
         }
     });
     let mut guard = AbortOnDrop(Some(task));
-    let r = tokio::time::timeout(timeout, guard.0.as_mut().expect("set above")).await;
+    let r = guard.0.as_mut().expect("set above").await;
+    guard.0 = None;
     match r {
-        Err(_) => Err(ReplayError::Timeout(name)),
-        Ok(Err(e)) => {
-            guard.0 = None;
-            Err(ReplayError::Protocol(
-                name,
-                format!("replay task failed: {e}"),
-            ))
-        }
-        Ok(Ok(r)) => {
-            guard.0 = None;
-            r
-        }
+        Err(e) => Err(ReplayError::Protocol(
+            name,
+            format!("replay task failed: {e}"),
+        )),
+        Ok(r) => r,
     }
 }
 
@@ -336,7 +343,7 @@ pub async fn subscribe_once_notify(
 }
 
 /// Aborts the inner task when the awaiting future is dropped (worker removed, shutdown).
-struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+pub(crate) struct AbortOnDrop<T>(pub(crate) Option<tokio::task::JoinHandle<T>>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
@@ -452,9 +459,10 @@ mod tests {
         let r = request_replay(
             &format!("tcp://127.0.0.1:{port}"),
             0,
-            Duration::from_millis(500),
+            Duration::from_secs(5),
         )
         .await;
-        assert!(r.is_err(), "{r:?}");
+        // Refused at once, not after the timeout.
+        assert!(matches!(r, Err(ReplayError::Connect(..))), "{r:?}");
     }
 }

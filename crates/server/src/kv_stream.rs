@@ -73,11 +73,14 @@ pub enum Live {
     Restarted,
 }
 
-/// What a replay answer means, given what was applied before.
+/// What a replay answer means, given what was applied before. Batches to apply are always
+/// consecutive: an answer with a hole (libzmq's ROUTER drops what exceeds its send
+/// high-water mark, 1000 messages by default) is cut at the hole and `more` says to ask again
+/// from there.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
     /// Continuous with what we have: apply these (all newer than the last applied).
-    Continue(Vec<Batch>),
+    Continue { apply: Vec<Batch>, more: bool },
     /// The engine restarted: forget the worker's entries and replay from 0.
     Restarted,
     /// The buffer no longer reaches back: forget the worker's entries, apply these (a
@@ -85,13 +88,39 @@ pub enum Plan {
     Lost(Vec<Batch>),
     /// Nothing was applied before (a replay from 0): apply these; `complete` when they start
     /// at 0 (or nothing was ever published).
-    Fresh { apply: Vec<Batch>, complete: bool },
+    Fresh {
+        apply: Vec<Batch>,
+        complete: bool,
+        more: bool,
+    },
 }
 
 /// The applied end of one worker's stream.
 #[derive(Debug, Default)]
 pub struct Cursor {
     recent: VecDeque<(u64, u64)>,
+    /// Live batches below this were settled by a replay (applied, or gone from the engine's
+    /// buffer before the replay): late copies still queued are skipped, not taken for a
+    /// restart.
+    settled_below: u64,
+    /// Nothing applied yet, but a replay showed the engine had published nothing: its next
+    /// batch must be 0.
+    expect_first: Option<u64>,
+}
+
+/// Keep the consecutive run at the front; true when something was cut.
+fn cut_at_hole(batches: &mut Vec<Batch>) -> bool {
+    let run = batches
+        .windows(2)
+        .position(|w| w[1].0 != w[0].0.wrapping_add(1))
+        .map(|i| i + 1);
+    match run {
+        Some(n) => {
+            batches.truncate(n);
+            true
+        }
+        None => false,
+    }
 }
 
 impl Cursor {
@@ -108,13 +137,20 @@ impl Cursor {
 
     pub fn classify(&self, seq: u64, fp: u64) -> Live {
         let Some((last, _)) = self.last() else {
-            return Live::Apply;
+            return match self.expect_first {
+                Some(e) if seq != e => Live::Gap,
+                _ if seq < self.settled_below => Live::Duplicate,
+                _ => Live::Apply,
+            };
         };
         if seq == last.wrapping_add(1) {
             return Live::Apply;
         }
         if seq > last {
             return Live::Gap;
+        }
+        if seq < self.settled_below && self.find(seq).is_none() {
+            return Live::Duplicate;
         }
         match self.find(seq) {
             Some(f) if f == fp => Live::Duplicate,
@@ -132,6 +168,7 @@ impl Cursor {
 
     /// Record an applied batch (sequence numbers only increase between resets).
     pub fn applied(&mut self, seq: u64, fp: u64) {
+        self.expect_first = None;
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
@@ -141,6 +178,17 @@ impl Cursor {
     /// The worker's entries were cleared: nothing is applied any more.
     pub fn reset(&mut self) {
         self.recent.clear();
+        self.settled_below = 0;
+        self.expect_first = None;
+    }
+
+    /// A replay from scratch settled everything below `seq` (its first batch; for an empty
+    /// answer, nothing was published yet and the next batch must be 0).
+    pub fn settled(&mut self, first: Option<u64>) {
+        match first {
+            Some(s) => self.settled_below = s,
+            None => self.expect_first = Some(0),
+        }
     }
 
     /// Interpret a replay requested from [`Cursor::replay_from`].
@@ -150,9 +198,11 @@ impl Cursor {
         batches.dedup_by_key(|(s, _)| *s);
         let Some((last, fp)) = self.last() else {
             let complete = batches.first().is_none_or(|(s, _)| *s == 0);
+            let more = cut_at_hole(&mut batches);
             return Plan::Fresh {
                 apply: batches,
                 complete,
+                more,
             };
         };
         batches.retain(|(s, _)| *s >= last);
@@ -162,14 +212,21 @@ impl Cursor {
             None => Plan::Restarted,
             Some((s, p)) if *s == last => {
                 if fingerprint(p) == fp {
+                    let more = cut_at_hole(&mut batches);
                     batches.remove(0);
-                    Plan::Continue(batches)
+                    Plan::Continue {
+                        apply: batches,
+                        more,
+                    }
                 } else {
                     Plan::Restarted
                 }
             }
             // Our last batch has left the buffer (or a restarted engine went past it).
-            Some(_) => Plan::Lost(batches),
+            Some(_) => {
+                cut_at_hole(&mut batches);
+                Plan::Lost(batches)
+            }
         }
     }
 }
@@ -223,14 +280,16 @@ mod tests {
             c.plan(vec![b(1, "y"), b(0, "x")]),
             Plan::Fresh {
                 apply: vec![b(0, "x"), b(1, "y")],
-                complete: true
+                complete: true,
+                more: false
             }
         );
         assert_eq!(
             c.plan(vec![]),
             Plan::Fresh {
                 apply: vec![],
-                complete: true
+                complete: true,
+                more: false
             }
         );
         // The buffer wrapped: batches 0..5 are gone.
@@ -238,7 +297,17 @@ mod tests {
             c.plan(vec![b(5, "p")]),
             Plan::Fresh {
                 apply: vec![b(5, "p")],
-                complete: false
+                complete: false,
+                more: false
+            }
+        );
+        // A hole (dropped by the sender): only the run before it, and ask again.
+        assert_eq!(
+            c.plan(vec![b(0, "x"), b(1, "y"), b(3, "w")]),
+            Plan::Fresh {
+                apply: vec![b(0, "x"), b(1, "y")],
+                complete: true,
+                more: true
             }
         );
     }
@@ -249,9 +318,25 @@ mod tests {
         // The echo of our last batch proves continuity; only newer ones are applied.
         assert_eq!(
             c.plan(vec![b(9, "i"), b(10, "j"), b(11, "k")]),
-            Plan::Continue(vec![b(10, "j"), b(11, "k")])
+            Plan::Continue {
+                apply: vec![b(10, "j"), b(11, "k")],
+                more: false
+            }
         );
-        assert_eq!(c.plan(vec![b(9, "i")]), Plan::Continue(vec![]));
+        assert_eq!(
+            c.plan(vec![b(9, "i")]),
+            Plan::Continue {
+                apply: vec![],
+                more: false
+            }
+        );
+        assert_eq!(
+            c.plan(vec![b(9, "i"), b(10, "j"), b(12, "l")]),
+            Plan::Continue {
+                apply: vec![b(10, "j")],
+                more: true
+            }
+        );
         // Same number, other content: a new incarnation.
         assert_eq!(c.plan(vec![b(9, "Z"), b(10, "j")]), Plan::Restarted);
         // Nothing as recent as ours: the numbering started over.
@@ -264,7 +349,30 @@ mod tests {
         // Older entries than asked for are ignored.
         assert_eq!(
             c.plan(vec![b(3, "c"), b(9, "i"), b(10, "j")]),
-            Plan::Continue(vec![b(10, "j")])
+            Plan::Continue {
+                apply: vec![b(10, "j")],
+                more: false
+            }
         );
+    }
+
+    #[test]
+    fn settled_batches_and_the_first_expected() {
+        // Replay found batches 5.. (0..5 gone): late live copies of 2 and 3 are stale.
+        let mut c = Cursor::default();
+        c.settled(Some(5));
+        assert_eq!(c.classify(3, 0), Live::Duplicate);
+        c.applied(5, 50);
+        c.applied(6, 60);
+        assert_eq!(c.classify(2, 0), Live::Duplicate);
+        assert_eq!(c.classify(6, 60), Live::Duplicate);
+        assert_eq!(c.classify(6, 61), Live::Restarted);
+        // Nothing published at replay time: the first live batch must be 0.
+        let mut c = Cursor::default();
+        c.settled(None);
+        assert_eq!(c.classify(0, 0), Live::Apply);
+        assert_eq!(c.classify(2, 0), Live::Gap);
+        c.reset();
+        assert_eq!(c.classify(2, 0), Live::Apply);
     }
 }

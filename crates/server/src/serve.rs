@@ -50,7 +50,7 @@ use switchyard_route::{
 };
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::events::{request_replay, split_frames, subscribe_once_notify};
+use crate::events::{AbortOnDrop, request_replay, split_frames, subscribe_once_notify};
 use crate::kv_stream::{Batch, Cursor, IndexState, Live, Plan, fingerprint};
 use crate::openai::{ApiError, Endpoint, parse_request, read_body};
 use crate::tokenizer::Tokenization;
@@ -1248,8 +1248,27 @@ fn link_json(h: &LinkHealth) -> Value {
 
 // ----- KV events ------------------------------------------------------------------------------
 
-/// Longest a replay exchange may take; after it the missed events count as lost.
-const REPLAY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest the subscriber waits for each replay message; after it the missed events count
+/// as lost.
+const REPLAY_IDLE: Duration = Duration::from_secs(3);
+/// A stream silent this long is checked by a replay from its last batch (workers with
+/// replay): the pure-Rust ZMQ SUB never notices a publisher that went away, so an engine
+/// that restarted between health checks, or a dropped subscription, shows up here.
+const IDLE_PROBE: Duration = Duration::from_secs(5);
+/// Replay rounds per catch-up when answers come with holes (libzmq's ROUTER drops beyond
+/// its 1000-message send queue); each round continues where the last stopped.
+const MAX_REPLAY_ROUNDS: usize = 32;
+
+/// What the subscriber does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Go,
+    /// The engine restarted: the subscription (to its previous incarnation) and whatever it
+    /// queued are stale.
+    Resubscribe,
+    /// The frontend is gone.
+    Stop,
+}
 
 async fn subscriber(state: std::sync::Weak<ServeState>, w: Arc<WorkerEntry>, endpoint: String) {
     let mut feed = Feed {
@@ -1266,13 +1285,14 @@ async fn subscriber(state: std::sync::Weak<ServeState>, w: Arc<WorkerEntry>, end
         w.subscribed.store(false, Ordering::Relaxed);
         let (on_tx, on_rx) = tokio::sync::oneshot::channel::<()>();
         let connected = w.clone();
-        let sub = tokio::spawn(async move {
+        // Aborted with this task (worker removed) or on resubscribe.
+        let _sub = AbortOnDrop(Some(tokio::spawn(async move {
             let on = move || {
                 connected.subscribed.store(true, Ordering::Relaxed);
                 let _ = on_tx.send(());
             };
             let _ = subscribe_once_notify(&ep, tx, Duration::from_millis(200), on).await;
-        });
+        })));
         // Subscribed before replaying: whatever is published after the replay's snapshot
         // then arrives live (and what arrives twice is recognised).
         let subscribed = tokio::select! {
@@ -1280,36 +1300,34 @@ async fn subscriber(state: std::sync::Weak<ServeState>, w: Arc<WorkerEntry>, end
             _ = w.reconnect.notified() => false,
         };
         if subscribed {
-            if !feed.on_connected().await {
-                sub.abort();
-                return;
-            }
-            loop {
+            let mut flow = feed.on_connected().await;
+            while flow == Flow::Go {
                 tokio::select! {
-                    msg = rx.recv() => {
-                        let Some(msg) = msg else { break };
-                        let Ok((seq, payload)) = split_frames(msg) else {
-                            if let Some(st) = feed.state.upgrade() {
-                                st.metrics.event_errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                            continue;
-                        };
-                        if !feed.on_live(seq, payload).await {
-                            sub.abort();
-                            return;
+                    msg = tokio::time::timeout(IDLE_PROBE, rx.recv()) => match msg {
+                        Ok(Some(msg)) => {
+                            let Ok((seq, payload)) = split_frames(msg) else {
+                                if let Some(st) = feed.state.upgrade() {
+                                    st.metrics.event_errors.fetch_add(1, Ordering::Relaxed);
+                                }
+                                continue;
+                            };
+                            flow = feed.on_live(seq, payload).await;
                         }
-                    }
+                        Ok(None) => break,
+                        Err(_) => flow = feed.on_idle().await,
+                    },
                     _ = w.reconnect.notified() => break,
                 }
             }
+            if flow == Flow::Stop {
+                return;
+            }
         }
-        sub.abort();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// One worker's event stream as applied to the index. Methods returning `bool` return false
-/// when the frontend is gone.
+/// One worker's event stream as applied to the index.
 struct Feed {
     state: std::sync::Weak<ServeState>,
     w: Arc<WorkerEntry>,
@@ -1350,12 +1368,16 @@ impl Feed {
 
     /// A (re)connected subscription: fetch what was missed meanwhile — everything, the first
     /// time — or, without replay, forget what may be stale.
-    async fn on_connected(&mut self) -> bool {
+    async fn on_connected(&mut self) -> Flow {
         if let Some(ep) = self.replay.clone() {
-            return self.catch_up(&ep).await;
+            return match self.catch_up(&ep).await {
+                // Already resubscribed to the new incarnation: go on.
+                Flow::Resubscribe => Flow::Go,
+                f => f,
+            };
         }
         let Some(st) = self.state.upgrade() else {
-            return false;
+            return Flow::Stop;
         };
         if self.cursor.last().is_some() {
             self.clear(&st);
@@ -1363,16 +1385,24 @@ impl Feed {
         } else if self.index_state() == IndexState::Pending {
             self.set(IndexState::Unknown);
         }
-        true
+        Flow::Go
+    }
+
+    /// Nothing arrived for a while: with replay, check the stream is still the same one.
+    async fn on_idle(&mut self) -> Flow {
+        match self.replay.clone() {
+            Some(ep) => self.catch_up(&ep).await,
+            None => Flow::Go,
+        }
     }
 
     /// Replay from the last applied batch (or from 0) and apply what it means.
-    async fn catch_up(&mut self, ep: &str) -> bool {
-        let mut cleared_for_restart = false;
-        loop {
-            let r = request_replay(ep, self.cursor.replay_from(), REPLAY_TIMEOUT).await;
+    async fn catch_up(&mut self, ep: &str) -> Flow {
+        let mut restarted = false;
+        for _ in 0..MAX_REPLAY_ROUNDS {
+            let r = request_replay(ep, self.cursor.replay_from(), REPLAY_IDLE).await;
             let Some(st) = self.state.upgrade() else {
-                return false;
+                return Flow::Stop;
             };
             let m = &st.metrics;
             m.replays.fetch_add(1, Ordering::Relaxed);
@@ -1389,57 +1419,79 @@ impl Feed {
                     if self.cursor.last().is_some() {
                         self.clear(&st);
                         self.set(IndexState::Partial);
-                    } else if !cleared_for_restart {
-                        self.set(IndexState::Unknown);
-                    } else {
+                    } else if restarted {
                         self.set(IndexState::Partial);
+                    } else {
+                        self.set(IndexState::Unknown);
                     }
-                    return true;
+                    return Flow::Go;
                 }
             };
             m.replayed_batches
                 .fetch_add(batches.len() as u64, Ordering::Relaxed);
-            match self.cursor.plan(batches) {
-                Plan::Continue(apply) => {
+            let more = match self.cursor.plan(batches) {
+                Plan::Continue { apply, more } => {
                     self.apply_all(&st, apply);
-                    return true;
+                    more
                 }
                 Plan::Restarted => {
                     // Its cache started over: so do its entries; then replay it from 0.
                     m.engine_restarts.fetch_add(1, Ordering::Relaxed);
                     self.clear(&st);
-                    if cleared_for_restart {
+                    if restarted {
                         self.set(IndexState::Partial);
-                        return true;
+                        return Flow::Resubscribe;
                     }
-                    cleared_for_restart = true;
+                    restarted = true;
+                    true
                 }
                 Plan::Lost(apply) => {
                     self.clear(&st);
-                    self.apply_all(&st, apply);
+                    self.cursor.settled(apply.first().map(|(s, _)| *s));
                     self.set(IndexState::Partial);
-                    return true;
-                }
-                Plan::Fresh { apply, complete } => {
                     self.apply_all(&st, apply);
-                    if complete {
+                    // Anything further was cut at a hole: fetch it next round.
+                    true
+                }
+                Plan::Fresh {
+                    apply,
+                    complete,
+                    more,
+                } => {
+                    self.cursor.settled(apply.first().map(|(s, _)| *s));
+                    self.apply_all(&st, apply);
+                    // After a restart the engine's whole history was replayed: complete
+                    // again even if an earlier loss had made it partial.
+                    if complete && (restarted || self.index_state() != IndexState::Partial) {
                         self.set(IndexState::Complete);
-                    } else if self.index_state() != IndexState::Partial {
+                    } else if !complete {
                         self.set(IndexState::Partial);
                     }
-                    return true;
+                    more
                 }
+            };
+            if !more {
+                return if restarted {
+                    Flow::Resubscribe
+                } else {
+                    Flow::Go
+                };
             }
+        }
+        if restarted {
+            Flow::Resubscribe
+        } else {
+            Flow::Go
         }
     }
 
-    async fn on_live(&mut self, seq: u64, payload: Bytes) -> bool {
+    async fn on_live(&mut self, seq: u64, payload: Bytes) -> Flow {
         let fp = fingerprint(&payload);
         let first = self.cursor.last().is_none();
         match self.cursor.classify(seq, fp) {
             Live::Apply => {
                 let Some(st) = self.state.upgrade() else {
-                    return false;
+                    return Flow::Stop;
                 };
                 if first && self.replay.is_none() && self.index_state() == IndexState::Unknown {
                     // Followed from the engine's first batch: nothing was missed.
@@ -1448,17 +1500,17 @@ impl Feed {
                     }
                 }
                 self.apply(&st, seq, &payload);
-                return true;
+                return Flow::Go;
             }
             Live::Duplicate => {
                 if let Some(st) = self.state.upgrade() {
                     st.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
-                return true;
+                return Flow::Go;
             }
             Live::Gap => {
                 let Some(st) = self.state.upgrade() else {
-                    return false;
+                    return Flow::Stop;
                 };
                 self.w.seq_gaps.fetch_add(1, Ordering::Relaxed);
                 st.metrics.seq_gaps.fetch_add(1, Ordering::Relaxed);
@@ -1469,7 +1521,7 @@ impl Feed {
             }
             Live::Restarted => {
                 let Some(st) = self.state.upgrade() else {
-                    return false;
+                    return Flow::Stop;
                 };
                 st.metrics.engine_restarts.fetch_add(1, Ordering::Relaxed);
                 self.clear(&st);
@@ -1483,13 +1535,14 @@ impl Feed {
                 }
             }
         }
-        if let Some(ep) = self.replay.clone()
-            && !self.catch_up(&ep).await
-        {
-            return false;
+        if let Some(ep) = self.replay.clone() {
+            match self.catch_up(&ep).await {
+                Flow::Go => {}
+                f => return f,
+            }
         }
         let Some(st) = self.state.upgrade() else {
-            return false;
+            return Flow::Stop;
         };
         // Usually the replay delivered this batch already.
         match self.cursor.classify(seq, fp) {
@@ -1502,7 +1555,7 @@ impl Feed {
                 self.apply(&st, seq, &payload);
             }
         }
-        true
+        Flow::Go
     }
 }
 
