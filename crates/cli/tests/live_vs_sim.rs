@@ -7,7 +7,8 @@
 //! scheduling noise from sharing 2 cores with the test runner; routing decisions that depend
 //! on who finished first can then differ for near-ties. The tolerances below are what holds
 //! on this machine with margin (see the printed table); the statistic compared is the one a
-//! user reads (mean and p50/p90), not per-request equality.
+//! user reads (mean and p50/p90), not per-request equality. Observed (two runs, debug build):
+//! TTFT mean +0.9% / +2.1%, p50 −2.9% / +5.6%, p90 −2.1% / +8.3%; TPOT within 2.5%.
 
 use std::path::PathBuf;
 
@@ -127,19 +128,19 @@ fn live_serve_matches_the_simulator_on_the_same_recipe() {
     }
     // TPOT: a per-request average over hundreds of steps; timer lateness does not accumulate.
     assert!(
-        rel(lp.0, sp.mean) < 0.10,
+        rel(lp.0, sp.mean) < 0.08,
         "TPOT mean {} vs {}",
         lp.0,
         sp.mean
     );
-    assert!(rel(lp.1, sp.p50) < 0.10, "TPOT p50 {} vs {}", lp.1, sp.p50);
+    assert!(rel(lp.1, sp.p50) < 0.08, "TPOT p50 {} vs {}", lp.1, sp.p50);
     // TTFT: hundreds of ms of prefill + transfer, plus real HTTP hops and event lag.
     assert!(
-        rel(lt.0, st.mean) < 0.15,
+        rel(lt.0, st.mean) < 0.12,
         "TTFT mean {} vs {}",
         lt.0,
         st.mean
     );
-    assert!(rel(lt.1, st.p50) < 0.15, "TTFT p50 {} vs {}", lt.1, st.p50);
-    assert!(rel(lt.2, st.p90) < 0.25, "TTFT p90 {} vs {}", lt.2, st.p90);
+    assert!(rel(lt.1, st.p50) < 0.12, "TTFT p50 {} vs {}", lt.1, st.p50);
+    assert!(rel(lt.2, st.p90) < 0.20, "TTFT p90 {} vs {}", lt.2, st.p90);
 }
