@@ -411,6 +411,9 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
                     speedup: args.speedup,
                     kv_events: Some("tcp://127.0.0.1:0".into()),
                     kv_events_replay: Some("tcp://127.0.0.1:0".into()),
+                    // This frontend lives and dies with these workers: replay only fills
+                    // gaps, so a short buffer bounds the memory of many in-process workers.
+                    kv_events_buffer: LOCAL_REPLAY_BUFFER,
                     nic_gb_s: dep.network.nic_gb_s,
                     kv_link_efficiency: dep.network.efficiency,
                     kv_setup_ms: dep.network.setup_ms,
@@ -1247,6 +1250,9 @@ fn link_json(h: &LinkHealth) -> Value {
 }
 
 // ----- KV events ------------------------------------------------------------------------------
+
+/// Replay buffer of the simulated workers `serve --config` starts in its own process.
+const LOCAL_REPLAY_BUFFER: usize = 1_000;
 
 /// Longest the subscriber waits for each replay message; after it the missed events count
 /// as lost.
