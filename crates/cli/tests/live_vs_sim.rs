@@ -46,7 +46,7 @@ fn rel(live: f64, sim: f64) -> f64 {
 
 #[test]
 fn live_serve_matches_the_simulator_on_the_same_recipe() {
-    const N: usize = 120;
+    const N: usize = 200;
     // Live time runs X times faster than simulated time.
     const X: f64 = 2.0;
     let recipe = root().join("recipes/qwen3-32b-h200/disagg-kv.toml");
@@ -128,19 +128,19 @@ fn live_serve_matches_the_simulator_on_the_same_recipe() {
     }
     // TPOT: a per-request average over hundreds of steps; timer lateness does not accumulate.
     assert!(
-        rel(lp.0, sp.mean) < 0.08,
+        rel(lp.0, sp.mean) < 0.10,
         "TPOT mean {} vs {}",
         lp.0,
         sp.mean
     );
-    assert!(rel(lp.1, sp.p50) < 0.08, "TPOT p50 {} vs {}", lp.1, sp.p50);
+    assert!(rel(lp.1, sp.p50) < 0.10, "TPOT p50 {} vs {}", lp.1, sp.p50);
     // TTFT: hundreds of ms of prefill + transfer, plus real HTTP hops and event lag.
     assert!(
-        rel(lt.0, st.mean) < 0.12,
+        rel(lt.0, st.mean) < 0.15,
         "TTFT mean {} vs {}",
         lt.0,
         st.mean
     );
-    assert!(rel(lt.1, st.p50) < 0.12, "TTFT p50 {} vs {}", lt.1, st.p50);
-    assert!(rel(lt.2, st.p90) < 0.20, "TTFT p90 {} vs {}", lt.2, st.p90);
+    assert!(rel(lt.1, st.p50) < 0.15, "TTFT p50 {} vs {}", lt.1, st.p50);
+    assert!(rel(lt.2, st.p90) < 0.25, "TTFT p90 {} vs {}", lt.2, st.p90);
 }
