@@ -4,7 +4,7 @@
 //! machine), sequentially (added latency p50/p99) and with concurrency (max req/s, streamed
 //! chunks/s).
 //!
-//! `cargo run --release -p switchyard-server --example overhead -- [SECONDS] [WORKERS]`
+//! `cargo run --release -p switchyard-server --example overhead -- [SECONDS] [WORKERS] [text|tokens]`
 
 use std::time::{Duration, Instant};
 
@@ -134,21 +134,26 @@ async fn main() -> anyhow::Result<()> {
     let direct = format!("{}/v1/completions", ws[0].url());
     let routed = format!("{}/v1/completions", s.url());
     let bare = bare_proxy(ws[0].url()).await?;
-    const SMALL: &str =
-        r#"{"model":"Qwen3-32B","prompt":"Say hello to the router.","max_tokens":1}"#;
+    // A short text prompt (serve tokenizes it to route), or with a third argument `tokens`
+    // the same request as token ids (no tokenization anywhere).
+    let small: &'static str = if a.next().as_deref() == Some("tokens") {
+        r#"{"model":"Qwen3-32B","prompt":[45,2315,316,290,10431,13],"max_tokens":1}"#
+    } else {
+        r#"{"model":"Qwen3-32B","prompt":"Say hello to the router.","max_tokens":1}"#
+    };
     const STREAM: &str =
         r#"{"model":"Qwen3-32B","prompt":"Stream please.","max_tokens":256,"stream":true}"#;
     let c = reqwest::Client::new();
-    latencies(&c, &direct, 200, SMALL).await;
-    latencies(&c, &routed, 200, SMALL).await;
-    latencies(&c, &bare, 200, SMALL).await;
+    latencies(&c, &direct, 200, small).await;
+    latencies(&c, &routed, 200, small).await;
+    latencies(&c, &bare, 200, small).await;
     let n = (2000.0 * secs / 3.0) as usize;
     // Interleaved rounds so machine noise hits all three alike.
     let (mut d, mut r, mut b) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..10 {
-        d.extend(latencies(&c, &direct, n / 10, SMALL).await);
-        r.extend(latencies(&c, &routed, n / 10, SMALL).await);
-        b.extend(latencies(&c, &bare, n / 10, SMALL).await);
+        d.extend(latencies(&c, &direct, n / 10, small).await);
+        r.extend(latencies(&c, &routed, n / 10, small).await);
+        b.extend(latencies(&c, &bare, n / 10, small).await);
     }
     let (d50, d99, r50, r99, b50, b99) = (
         pct(&mut d, 50.0),
@@ -174,9 +179,9 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("  serve beyond a bare proxy hop  p50 {:8.1}", r50 - b50);
     for conc in [16, 64] {
-        let (dq, _) = throughput(&direct, conc, secs, SMALL).await;
-        let (rq, _) = throughput(&routed, conc, secs, SMALL).await;
-        let (bq, _) = throughput(&bare, conc, secs, SMALL).await;
+        let (dq, _) = throughput(&direct, conc, secs, small).await;
+        let (rq, _) = throughput(&routed, conc, secs, small).await;
+        let (bq, _) = throughput(&bare, conc, secs, small).await;
         println!(
             "concurrency {conc}: direct {dq:8.0} req/s, serve {rq:8.0} req/s, bare proxy {bq:8.0} req/s"
         );
