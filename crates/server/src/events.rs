@@ -289,19 +289,11 @@ pub fn split_frames(msg: ZmqMessage) -> Result<Received, RecvIssue> {
 }
 
 /// Connect a SUB socket (subscribed to everything) to `endpoint`, retrying every `retry` until
-/// it connects or `tx` is closed. Then forward messages into `tx` until the connection fails.
-/// The socket runs in its own task so that a failure inside the ZMQ library cannot take the
-/// caller down; the function returns when that task ends (caller reconnects).
-pub async fn subscribe_once(
-    endpoint: &str,
-    tx: mpsc::Sender<ZmqMessage>,
-    retry: Duration,
-) -> anyhow::Result<()> {
-    subscribe_once_notify(endpoint, tx, retry, || {}).await
-}
-
-/// [`subscribe_once`], calling `on_subscribed` once the socket is connected and subscribed
-/// (the router's "warm" signal: events from now on reach it).
+/// it connects or `tx` is closed; call `on_subscribed` once it is connected and subscribed
+/// (the router's signal that events published from now on reach it). Then forward messages
+/// into `tx` until the connection fails. The socket runs in its own task so that a failure
+/// inside the ZMQ library cannot take the caller down; the function returns when that task
+/// ends (caller reconnects).
 pub async fn subscribe_once_notify(
     endpoint: &str,
     tx: mpsc::Sender<ZmqMessage>,

@@ -617,6 +617,9 @@ impl WorkerEntry {
     fn key(&self) -> WorkerKey {
         WorkerKey::new(self.id, 0)
     }
+    fn index_state(&self) -> IndexState {
+        IndexState::from_u8(self.index_state.load(Ordering::Relaxed))
+    }
     fn stop(&self) {
         if let Ok(mut s) = self.subscriber.lock()
             && let Some(h) = s.take()
@@ -819,8 +822,7 @@ impl ServeState {
             .read()
             .map(|ws| {
                 ws.iter().filter(|w| w.spec.kv_events.is_some()).all(|w| {
-                    w.subscribed.load(Ordering::Relaxed)
-                        && w.index_state.load(Ordering::Relaxed) != IndexState::Pending as u8
+                    w.subscribed.load(Ordering::Relaxed) && w.index_state() != IndexState::Pending
                 })
             })
             .unwrap_or(false);
@@ -1349,7 +1351,7 @@ impl Feed {
     }
 
     fn index_state(&self) -> IndexState {
-        IndexState::from_u8(self.w.index_state.load(Ordering::Relaxed))
+        self.w.index_state()
     }
 
     fn apply(&mut self, st: &ServeState, seq: u64, payload: &[u8]) {
@@ -1685,7 +1687,7 @@ fn worker_json(st: &ServeState, w: &WorkerEntry) -> Value {
         "kv_events_received": w.events.load(Ordering::Relaxed),
         "kv_event_seq_gaps": w.seq_gaps.load(Ordering::Relaxed),
         "kv_events_subscribed": w.spec.kv_events.is_some().then(|| w.subscribed.load(Ordering::Relaxed)),
-        "kv_index": w.spec.kv_events.is_some().then(|| IndexState::from_u8(w.index_state.load(Ordering::Relaxed)).as_str()),
+        "kv_index": w.spec.kv_events.is_some().then(|| w.index_state().as_str()),
         "discovered_as": w.discovered_as,
     })
 }
@@ -1779,7 +1781,7 @@ async fn ready(State(st): State<Arc<ServeState>>) -> Response {
     }
     let mut kv_index = serde_json::Map::new();
     for w in ws.iter().filter(|w| w.spec.kv_events.is_some()) {
-        let k = IndexState::from_u8(w.index_state.load(Ordering::Relaxed)).as_str();
+        let k = w.index_state().as_str();
         let n = kv_index.get(k).and_then(Value::as_u64).unwrap_or(0);
         kv_index.insert(k.into(), json!(n + 1));
     }

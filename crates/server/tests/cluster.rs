@@ -77,17 +77,7 @@ async fn healthy_urls(s: &ServeHandle) -> BTreeSet<String> {
 }
 
 async fn metric(s: &ServeHandle, name: &str) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", s.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+    common::metric(&s.url(), name).await
 }
 
 /// Poll `f` every 5 ms until it is true; the time it took, or a panic naming `what`.

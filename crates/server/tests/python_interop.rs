@@ -143,14 +143,6 @@ async fn pyzmq_subscriber_decodes_worker_events() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_publishers_drive_the_index_in_both_encodings() {
     let Some(py) = python() else { return };
@@ -216,14 +208,7 @@ async fn python_publishers_drive_the_index_in_both_encodings() {
         let first = 100_000 * (i as u32 + 1);
         let mut p: Vec<u32> = (first..first + 128).collect();
         p.extend(1..20);
-        let (st, v, h) = post(
-            &format!("{base}/v1/completions"),
-            &format!(
-                r#"{{"model":"Qwen3-32B","prompt":{},"max_tokens":1}}"#,
-                serde_json::to_string(&p).unwrap()
-            ),
-        )
-        .await;
+        let (st, v, h) = complete_ids(&base, &p).await;
         assert_eq!(st, 200, "{v}");
         assert_eq!(h["x-switchyard-worker"], w.url().as_str());
         assert_eq!(h["x-switchyard-overlap-blocks"], "8");
@@ -308,14 +293,7 @@ async fn python_replay_socket_repairs_a_lost_batch() {
     assert!(seen_eight, "the pre-start batches were not replayed first");
     // The repaired prefix routes: 8 blocks of the batch lost live plus the one after it.
     let p: Vec<u32> = (310_000..310_000 + 128).chain(1..20).collect();
-    let (st, v, h) = post(
-        &format!("{base}/v1/completions"),
-        &format!(
-            r#"{{"model":"Qwen3-32B","prompt":{},"max_tokens":1}}"#,
-            serde_json::to_string(&p).unwrap()
-        ),
-    )
-    .await;
+    let (st, v, h) = complete_ids(&base, &p).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(h["x-switchyard-overlap-blocks"], "8");
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{engine_cfg, get, post, tokens};
+use common::{complete_ids, engine_cfg, free_port, get, metric};
 use serde_json::Value;
 use switchyard_server::serve::{ServeArgs, start_serve};
 use switchyard_server::worker::{WorkerArgs, WorkerHandle, start_worker};
@@ -25,24 +25,10 @@ async fn replay_worker(port: u16, events: u16, replay: Option<u16>) -> WorkerHan
         .expect("worker starts")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// 64-token prompt (4 blocks of 16) starting at token `base`.
 async fn complete(url: &str, base: u32) -> reqwest::header::HeaderMap {
-    let (st, v, h) = post(
-        &format!("{url}/v1/completions"),
-        &format!(
-            r#"{{"model":"Qwen3-32B","prompt":{},"max_tokens":1}}"#,
-            tokens(base, 64)
-        ),
-    )
-    .await;
+    let prompt: Vec<u32> = (base..base + 64).collect();
+    let (st, v, h) = complete_ids(url, &prompt).await;
     assert_eq!(st, 200, "{v}");
     h
 }
@@ -64,13 +50,6 @@ async fn wait_workers(base: &str, what: &str, ok: impl Fn(&[Value]) -> bool) -> 
         assert!(Instant::now() < deadline, "{what}: {ws:#?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn metric(base: &str, name: &str) -> f64 {
-    let (_, body) = get(&format!("{base}/metrics")).await;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,4 +179,36 @@ async fn a_restarted_engine_is_recognised_and_its_stale_entries_dropped() {
     assert_eq!(h["x-switchyard-overlap-blocks"], "4");
     let h = complete(&base, 1_000).await;
     assert_eq!(h["x-switchyard-overlap-blocks"], "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_replay_socket_falls_back_to_live_events() {
+    // Events on, but `replay=` names a port nobody listens on.
+    let w = replay_worker(0, 0, None).await;
+    let dead = free_port();
+    let s = start_serve(&ServeArgs {
+        workers: vec![format!(
+            "{},kv-events={},replay=tcp://127.0.0.1:{dead}",
+            w.url(),
+            w.kv_events.as_ref().unwrap()
+        )],
+        router: Some("kv".into()),
+        health_interval: 0.2,
+        ..ServeArgs::default()
+    })
+    .await
+    .unwrap();
+    let base = s.url();
+    // The failed replay settles the state (nothing known before subscribing), not "pending".
+    wait_workers(&base, "replay failure never settled", |ws| {
+        ws[0]["kv_index"] == "unknown"
+    })
+    .await;
+    assert!(metric(&base, "switchyard_kv_event_replay_failures_total").await >= 1.0);
+    // Live events still feed the index.
+    complete(&base, 4_000).await;
+    wait_workers(&base, "live events stopped with replay down", |ws| {
+        ws[0]["cached_blocks"] == 4
+    })
+    .await;
 }

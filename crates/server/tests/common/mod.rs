@@ -102,3 +102,37 @@ pub async fn failing_upstream() -> String {
     });
     format!("http://{addr}")
 }
+
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One value of a Prometheus metric at `{base}/metrics` (`name` with its labels, if any);
+/// panics when the page has no such line.
+pub async fn metric(base: &str, name: &str) -> f64 {
+    let (_, text) = get(&format!("{base}/metrics")).await;
+    text.lines()
+        .find_map(|l| {
+            // The whole name: `x_total` must not match `x_total_sum`.
+            let rest = l.strip_prefix(name.trim_end())?.strip_prefix(' ')?;
+            rest.trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
+
+/// `POST {base}/v1/completions` of a token-id prompt with `max_tokens: 1`.
+pub async fn complete_ids(base: &str, prompt: &[u32]) -> (u16, Value, reqwest::header::HeaderMap) {
+    post(
+        &format!("{base}/v1/completions"),
+        &format!(
+            r#"{{"model":"Qwen3-32B","prompt":{},"max_tokens":1}}"#,
+            serde_json::to_string(prompt).unwrap()
+        ),
+    )
+    .await
+}
