@@ -174,6 +174,8 @@ const BUILTIN: &[(&str, &str)] = builtin!(
     "models/llama-3.1-70b.toml",
     "models/deepseek-v3.toml",
     "models/deepseek-v3.2.toml",
+    "models/qwen3-235b-a22b.toml",
+    "models/minimax-m2.5.toml",
     "engines/vllm.toml",
     "engines/sglang.toml",
     "engines/trtllm.toml",

@@ -31,6 +31,8 @@ pub struct ClosedLoop {
     /// Client turnaround range in seconds (uniform); also applied to the first requests.
     pub turnaround: (f64, f64),
     pub seed: u64,
+    /// Give up ([`EngineError::StepBudget`]) after this many engine steps.
+    pub max_steps: u64,
 }
 
 impl ClosedLoop {
@@ -46,6 +48,7 @@ impl ClosedLoop {
             output_tokens,
             turnaround: Self::TURNAROUND,
             seed: 1,
+            max_steps: u64::MAX,
         }
     }
 }
@@ -104,6 +107,9 @@ pub fn run(engine: &mut Engine, w: &ClosedLoop) -> Result<ClosedLoopResult, Engi
     let mut now = 0.0f64;
     let mut done = 0usize;
     while done < n {
+        if engine.stats().steps >= w.max_steps {
+            return Err(EngineError::StepBudget(w.max_steps));
+        }
         let t_next = pending
             .peek()
             .map(|Reverse((t, _))| t.0)

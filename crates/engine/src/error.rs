@@ -27,6 +27,10 @@ pub enum EngineError {
     /// A request was refused at admission.
     #[error("request {id} rejected: {reason}")]
     Rejected { id: u64, reason: String },
+    /// A driver's step budget ran out before the workload finished (e.g. a closed loop that
+    /// thrashes on preemption far beyond any real run's length).
+    #[error("gave up after {0} engine steps")]
+    StepBudget(u64),
     /// The caller referred to a request the engine does not know (or in the wrong state).
     #[error("request {id}: {reason}")]
     BadRequestState { id: u64, reason: String },

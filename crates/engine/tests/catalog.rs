@@ -14,7 +14,7 @@ fn builtin_catalog_lists_everything() {
     );
     assert_eq!(
         names(c.models.iter().map(|m| m.name.as_str()).collect()),
-        "Qwen3-32B,Llama-3.1-8B,Llama-3.1-70B,DeepSeek-V3,DeepSeek-V3.2"
+        "Qwen3-32B,Llama-3.1-8B,Llama-3.1-70B,DeepSeek-V3,DeepSeek-V3.2,Qwen3-235B-A22B,MiniMax-M2.5"
     );
     assert_eq!(
         names(c.engines.iter().map(|e| e.name.as_str()).collect()),
