@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release -p switchyard-calibrate --example report`
 //! Optional: `-- --rows N` (first N rows only, for a quick look), `-- --csv FILE` (per-row
-//! predictions as CSV).
+//! predictions as CSV), `-- --why` (the rows the model refused or thrashed on, to stderr),
+//! `-- --bounds FILE` (write the gate's bounds for the current errors).
 
 use std::time::Instant;
 
@@ -77,6 +78,13 @@ fn main() {
     println!("{}", markdown(&ev, Part::Test));
     println!("### Training part\n");
     println!("{}", markdown(&ev, Part::Train));
+    if args.iter().any(|a| a == "--why") {
+        for (r, p) in rows.iter().zip(&preds) {
+            if let Err(e @ (predict::Skip::Refused(_) | predict::Skip::Thrashing(_))) = p {
+                eprintln!("{}: {e}", r.id);
+            }
+        }
+    }
     if let Some(path) = arg("--bounds") {
         std::fs::write(&path, switchyard_calibrate::gate::bounds_toml(&ev))
             .expect("write --bounds");

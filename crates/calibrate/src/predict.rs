@@ -144,6 +144,18 @@ pub fn case(cat: &Catalog, r: &SiliconRow) -> Result<Case, Skip> {
             "tp {tp} x attention dp {dp} > {node} GPUs per node"
         )));
     }
+    let heads = model
+        .gqa
+        .as_ref()
+        .map(|g| g.q_heads)
+        .or(model.mla.as_ref().map(|a| a.heads))
+        .unwrap_or(1);
+    if heads % tp != 0 {
+        // Upstream rows whose `tp` column holds a product of degrees (e.g. 72 on GB200).
+        return Err(Skip::Parallelism(format!(
+            "tp {tp} does not divide the model's {heads} attention heads"
+        )));
+    }
     let ep = if moe { r.moe_ep.unwrap_or(1) } else { 1 };
     if moe {
         let moe_tp = r.moe_tp.unwrap_or(gpus / ep.max(1));
@@ -160,6 +172,14 @@ pub fn case(cat: &Catalog, r: &SiliconRow) -> Result<Case, Skip> {
     if clients == 0 {
         return Err(Skip::Concurrency);
     }
+    // The engine's default token budget, raised where the run had more clients per rank
+    // than it (the engines require budget >= running sequences).
+    let per_rank = clients.div_ceil(dp).max(1);
+    let gpu_gib = cat.gpu(gpu).map(|g| g.memory_gib).unwrap_or(80.0);
+    let default_budget = cat
+        .engine(&r.backend)
+        .map(|p| p.defaults.limits_for(gpu_gib).max_num_batched_tokens)
+        .unwrap_or(8192);
     let cfg = EngineConfig {
         gpu: gpu.into(),
         model: model.name.clone(),
@@ -169,7 +189,9 @@ pub fn case(cat: &Catalog, r: &SiliconRow) -> Result<Case, Skip> {
         dp,
         ep,
         engine: r.backend.clone(),
-        max_num_seqs: clients.div_ceil(dp).max(1),
+        max_num_seqs: Some(per_rank),
+        max_num_batched_tokens: (per_rank > default_budget).then_some(per_rank),
+        max_model_len: Some(r.isl + r.osl),
         kv_events: false,
         prefix_caching: false,
         ..EngineConfig::default()
@@ -178,7 +200,8 @@ pub fn case(cat: &Catalog, r: &SiliconRow) -> Result<Case, Skip> {
     // A run without preemption takes about ROUNDS x (osl + prefill steps); ten times that
     // means the scheduler thrashes (recomputing preempted requests), which the measured run
     // did not: reported as a model error instead of simulated for minutes.
-    let prefill_steps = (clients as u64 * r.isl as u64).div_ceil(cfg.max_num_batched_tokens as u64);
+    let prefill_steps =
+        (clients as u64 * r.isl as u64).div_ceil(default_budget.max(per_rank) as u64);
     workload.max_steps = 10 * ROUNDS as u64 * (r.osl as u64 + prefill_steps + 16);
     Ok(Case { cfg, workload })
 }

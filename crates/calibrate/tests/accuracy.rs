@@ -169,7 +169,7 @@ fn row_mapping_follows_the_documented_choices() {
     )
     .unwrap();
     assert_eq!((c.cfg.tp, c.cfg.dp, c.cfg.ep), (1, 8, 8));
-    assert_eq!(c.cfg.max_num_seqs, 8);
+    assert_eq!(c.cfg.max_num_seqs, Some(8));
     assert_eq!(
         (c.cfg.weight_dtype, c.cfg.kv_dtype),
         (WeightDtype::Fp8, KvDtype::Fp8)

@@ -71,7 +71,7 @@ fn mixed_chunked_prefill(c: &mut Criterion) {
         gpu: "H100-SXM".into(),
         model: "Qwen3-32B".into(),
         tp: 2,
-        max_num_batched_tokens: 2048,
+        max_num_batched_tokens: Some(2048),
         kv_events: false,
         ..EngineConfig::default()
     };

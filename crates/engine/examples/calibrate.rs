@@ -31,7 +31,7 @@ fn main() {
     let cat = Catalog::builtin().expect("catalog");
     println!("| reference | measured | model | error |\n|---|---|---|---|");
     let qwen = EngineConfig {
-        max_num_batched_tokens: 2048,
+        max_num_batched_tokens: Some(2048),
         ..cfg("H100-SXM", "Qwen3-32B", WeightDtype::Bf16, 2, "vllm")
     };
     let (r, d1) = measure(&cat, &qwen, &ClosedLoop::new(32, 320, 1024, 1024));
@@ -80,7 +80,7 @@ fn main() {
     ] {
         let c = EngineConfig {
             kv_dtype: KvDtype::Fp8,
-            max_num_seqs: 2048,
+            max_num_seqs: Some(2048),
             ..cfg(gpu, model, WeightDtype::Fp8, 1, "trtllm")
         };
         let (r, d) = measure(&cat, &c, &ClosedLoop::new(3000, 3000, 1000, 1000));
@@ -159,7 +159,7 @@ fn main() {
     ] {
         let c = EngineConfig {
             kv_dtype: KvDtype::Fp8,
-            max_num_seqs: 2048,
+            max_num_seqs: Some(2048),
             ..cfg(gpu, model, w, tp, "trtllm")
         };
         let (r, _) = measure(&cat, &c, &ClosedLoop::new(3000, 3000, 1000, 1000));
@@ -176,7 +176,7 @@ fn main() {
         let mut row = format!("| {budget} |");
         for t in [0.0, 0.04, 2.0] {
             let c = EngineConfig {
-                max_num_batched_tokens: budget,
+                max_num_batched_tokens: Some(budget),
                 ..qwen.clone()
             };
             let mut w = ClosedLoop::new(32, 320, 1024, 1024);

@@ -155,6 +155,94 @@ pub struct EngineProfile {
     pub per_sequence_overhead_us: f64,
     pub per_prefill_overhead_us: f64,
     pub memory_reserve_gib: f64,
+    /// The engine's own defaults (batch limits by device, how it sizes the KV cache).
+    #[serde(default)]
+    pub defaults: EngineDefaults,
+}
+
+/// How an engine turns its memory knob into a KV-cache size (per GPU).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryRule {
+    /// vLLM `gpu_memory_utilization`: KV = fraction x device − weights − activation peak −
+    /// reserve.
+    #[default]
+    TotalFraction,
+    /// TensorRT-LLM `free_gpu_memory_fraction`: KV = fraction x (device − weights − activation
+    /// peak − reserve).
+    FreeFraction,
+    /// SGLang `mem_fraction_static`: weights + KV = fraction x device; activations, CUDA graphs
+    /// and the rest live in the remainder. Without an explicit fraction it follows SGLang's
+    /// formula from the GPU size, chunk size, CUDA-graph batch and parallel degrees.
+    StaticFraction,
+}
+
+/// Batch limits that apply from a device size on.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceLimits {
+    /// Applies to GPUs with at least this much memory (GiB); the last matching entry wins.
+    pub min_gpu_gib: f64,
+    pub max_num_seqs: u32,
+    pub max_num_batched_tokens: u32,
+    /// Largest CUDA-graph batch (SGLang's `cuda_graph_max_bs`, part of its memory formula).
+    #[serde(default)]
+    pub cuda_graph_max_bs: u32,
+}
+
+/// An engine's defaults (the `[defaults]` table of its profile).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineDefaults {
+    pub memory: MemoryRule,
+    /// Default memory fraction (ignored by `static_fraction`, which computes its own).
+    pub memory_fraction: f64,
+    /// Batch limits by device size, ascending `min_gpu_gib`.
+    pub limits: Vec<DeviceLimits>,
+    /// The token budget is split across data-parallel attention ranks (SGLang divides
+    /// `chunked_prefill_size` by the DP size).
+    #[serde(default)]
+    pub budget_per_dp_rank: bool,
+    /// Refuse to start when the KV cache cannot hold one request of `max_model_len` (vLLM).
+    #[serde(default)]
+    pub refuse_short_kv: bool,
+}
+
+impl Default for EngineDefaults {
+    /// What a profile without a `[defaults]` table gets: 256 sequences, 8,192 tokens, 90% of
+    /// the device.
+    fn default() -> Self {
+        EngineDefaults {
+            memory: MemoryRule::TotalFraction,
+            memory_fraction: 0.9,
+            limits: vec![DeviceLimits {
+                min_gpu_gib: 0.0,
+                max_num_seqs: 256,
+                max_num_batched_tokens: 8192,
+                cuda_graph_max_bs: 0,
+            }],
+            budget_per_dp_rank: false,
+            refuse_short_kv: false,
+        }
+    }
+}
+
+impl EngineDefaults {
+    /// The limits that apply on a GPU with this much memory.
+    pub fn limits_for(&self, gpu_gib: f64) -> DeviceLimits {
+        self.limits
+            .iter()
+            .rev()
+            .find(|l| gpu_gib >= l.min_gpu_gib)
+            .or(self.limits.first())
+            .copied()
+            .unwrap_or(DeviceLimits {
+                min_gpu_gib: 0.0,
+                max_num_seqs: 256,
+                max_num_batched_tokens: 8192,
+                cuda_graph_max_bs: 0,
+            })
+    }
 }
 
 macro_rules! builtin {

@@ -10,14 +10,11 @@ pub mod defaults {
     pub const MODEL: &str = "Qwen3-32B";
     /// Engine profile (catalog name).
     pub const ENGINE: &str = "vllm";
-    /// Token budget per step (vLLM `max_num_batched_tokens`).
-    pub const MAX_NUM_BATCHED_TOKENS: u32 = 8192;
-    /// Maximum running sequences per scheduler (vLLM `max_num_seqs`).
-    pub const MAX_NUM_SEQS: u32 = 256;
+    // The token budget (`max_num_batched_tokens`), the running-sequence limit (`max_num_seqs`)
+    // and the memory fraction default to the engine's own, which depend on the device: the
+    // `[defaults]` table of each engine profile (data/catalog/engines/*.toml).
     /// Tokens per KV block (vLLM `block_size`).
     pub const BLOCK_SIZE: u32 = 16;
-    /// Fraction of device memory the engine may use (vLLM `gpu_memory_utilization`).
-    pub const MEMORY_FRACTION: f64 = 0.9;
     /// Tensor / data (attention) / expert parallel degrees.
     pub const TP: u32 = 1;
     pub const DP: u32 = 1;
@@ -108,10 +105,11 @@ pub enum Role {
 /// dp = 1                   # data-parallel attention ranks (MoE models only)
 /// ep = 1                   # expert parallel (divides tp*dp and the expert count)
 /// engine = "vllm"          # vllm | sglang | trtllm (or a user profile)
-/// max_num_batched_tokens = 8192
-/// max_num_seqs = 256
+/// # max_num_batched_tokens = 8192  # default: the engine's for this GPU (profile [defaults])
+/// # max_num_seqs = 1024            # default: the engine's for this GPU
 /// block_size = 16
-/// memory_fraction = 0.9
+/// # memory_fraction = 0.9          # the engine's own knob: vLLM gpu_memory_utilization,
+///                                  # SGLang mem_fraction_static, TRT-LLM free_gpu_memory_fraction
 /// role = "aggregated"      # aggregated | prefill | decode
 /// # max_model_len = 32768  # default: the model's max context
 /// prefix_caching = true
@@ -129,10 +127,14 @@ pub struct EngineConfig {
     pub dp: u32,
     pub ep: u32,
     pub engine: String,
-    pub max_num_batched_tokens: u32,
-    pub max_num_seqs: u32,
+    /// Token budget per step; `None` = the engine's default for the GPU.
+    pub max_num_batched_tokens: Option<u32>,
+    /// Running sequences per scheduler; `None` = the engine's default for the GPU.
+    pub max_num_seqs: Option<u32>,
     pub block_size: u32,
-    pub memory_fraction: f64,
+    /// The engine's memory knob, with the engine's meaning (see [`crate::catalog::MemoryRule`]);
+    /// `None` = the engine's default.
+    pub memory_fraction: Option<f64>,
     pub role: Role,
     /// Context cap (prompt + output); `None` = the model's `max_context`.
     pub max_model_len: Option<u32>,
@@ -156,10 +158,10 @@ impl Default for EngineConfig {
             dp: defaults::DP,
             ep: defaults::EP,
             engine: defaults::ENGINE.into(),
-            max_num_batched_tokens: defaults::MAX_NUM_BATCHED_TOKENS,
-            max_num_seqs: defaults::MAX_NUM_SEQS,
+            max_num_batched_tokens: None,
+            max_num_seqs: None,
             block_size: defaults::BLOCK_SIZE,
-            memory_fraction: defaults::MEMORY_FRACTION,
+            memory_fraction: None,
             role: Role::Aggregated,
             max_model_len: None,
             prefix_caching: defaults::PREFIX_CACHING,
@@ -170,6 +172,14 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// Token budget per step (resolved configurations always have one).
+    pub fn token_budget(&self) -> u32 {
+        self.max_num_batched_tokens.unwrap_or(8192)
+    }
+    /// Running-sequence limit per scheduler (resolved configurations always have one).
+    pub fn seq_limit(&self) -> u32 {
+        self.max_num_seqs.unwrap_or(256)
+    }
     /// Number of GPUs one worker spans.
     pub fn gpus(&self) -> u32 {
         self.tp.saturating_mul(self.dp)

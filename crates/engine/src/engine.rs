@@ -267,6 +267,28 @@ struct Rank {
     memo: Option<(u32, u64, usize, usize, u32)>,
 }
 
+/// Fill in the engine's defaults for the limits a configuration leaves open: the device tier's
+/// `max_num_seqs` (never above the token budget, as vLLM caps it) and
+/// `max_num_batched_tokens` (split across DP ranks where the engine does so).
+fn resolve_limits(
+    cfg: &EngineConfig,
+    gpu: &crate::catalog::GpuSpec,
+    prof: &EngineProfile,
+) -> EngineConfig {
+    let d = &prof.defaults;
+    let lim = d.limits_for(gpu.memory_gib);
+    let mut c = cfg.clone();
+    let budget = *c
+        .max_num_batched_tokens
+        .get_or_insert(if d.budget_per_dp_rank {
+            (lim.max_num_batched_tokens / cfg.dp.max(1)).max(1)
+        } else {
+            lim.max_num_batched_tokens
+        });
+    c.max_num_seqs.get_or_insert(lim.max_num_seqs.min(budget));
+    c
+}
+
 /// One simulated engine worker (one scheduler per DP rank, stepping in lockstep).
 #[derive(Clone, Debug)]
 pub struct Engine {
@@ -310,6 +332,7 @@ impl Engine {
         let model = catalog.model(&cfg.model)?;
         let profile = catalog.engine(&cfg.engine)?.clone();
         let bad = |s: String| Err(EngineError::InvalidConfig(s));
+        let cfg = &resolve_limits(cfg, gpu, &profile);
         if cfg.tp == 0 || cfg.dp == 0 || cfg.ep == 0 {
             return bad("tp, dp and ep must be >= 1".into());
         }
@@ -319,20 +342,20 @@ impl Engine {
                 cfg.block_size
             ));
         }
-        if cfg.max_num_seqs == 0 {
+        if cfg.seq_limit() == 0 {
             return bad("max_num_seqs must be >= 1".into());
         }
-        if cfg.max_num_batched_tokens < cfg.max_num_seqs {
+        if cfg.token_budget() < cfg.seq_limit() {
             return bad(format!(
                 "max_num_batched_tokens ({}) must be >= max_num_seqs ({}) so every running sequence can decode each step",
-                cfg.max_num_batched_tokens, cfg.max_num_seqs
+                cfg.token_budget(),
+                cfg.seq_limit()
             ));
         }
-        if !(cfg.memory_fraction > 0.0 && cfg.memory_fraction <= 1.0) {
-            return bad(format!(
-                "memory_fraction must be in (0, 1], got {}",
-                cfg.memory_fraction
-            ));
+        if let Some(f) = cfg.memory_fraction
+            && !(f > 0.0 && f <= 1.0)
+        {
+            return bad(format!("memory_fraction must be in (0, 1], got {f}"));
         }
         let max_len = cfg.max_model_len.unwrap_or(model.max_context);
         if max_len == 0 || max_len > model.max_context {
@@ -388,7 +411,7 @@ impl Engine {
                 }
             }
         }
-        let mut plan = memory_plan(gpu, model, cfg, profile.memory_reserve_gib);
+        let mut plan = memory_plan(gpu, model, cfg, &profile);
         if let Some(n) = cfg.num_gpu_blocks_override {
             if n == 0 {
                 return bad("num_gpu_blocks_override must be >= 1".into());
@@ -406,7 +429,7 @@ impl Engine {
         let par = format!("TP{} DP{} EP{}", cfg.tp, cfg.dp, cfg.ep);
         if plan.kv_bytes <= 0.0 || plan.blocks_per_rank == 0 {
             return Err(EngineError::DoesNotFit(format!(
-                "{} {} on {}x {} ({par}): weights {:.1} GiB/GPU + activations {:.1} GiB + reserve {:.1} GiB leave {:.2} GiB of {:.2} x {:.1} GiB = {:.1} GiB for the KV cache",
+                "{} {} on {}x {} ({par}): weights {:.1} GiB/GPU + activations {:.1} GiB + reserve {:.1} GiB leave {:.2} GiB for the KV cache ({}: budget {:.1} of {:.1} GiB)",
                 model.name,
                 cfg.weight_dtype.name(),
                 cfg.gpus(),
@@ -415,9 +438,24 @@ impl Engine {
                 plan.activation_bytes / GIB,
                 plan.reserve_bytes / GIB,
                 plan.kv_bytes / GIB,
-                cfg.memory_fraction,
+                profile.name,
+                plan.budget_bytes / GIB,
                 gpu.memory_gib,
-                plan.budget_bytes / GIB
+            )));
+        }
+        if profile.defaults.refuse_short_kv
+            && cfg.num_gpu_blocks_override.is_none()
+            && plan.tokens_per_rank < max_len as u64
+        {
+            // vLLM V1 refuses to start when one request of max_model_len does not fit.
+            return Err(EngineError::DoesNotFit(format!(
+                "{} {} on {}x {} ({par}): the KV cache holds {} tokens per scheduler, fewer than max_model_len {max_len}; {} would not start (lower max_model_len, or use more GPUs or FP8 KV)",
+                model.name,
+                cfg.weight_dtype.name(),
+                cfg.gpus(),
+                gpu.name,
+                fmt_int(plan.tokens_per_rank),
+                profile.name,
             )));
         }
         let perf = PerfModel::new(gpu, model, cfg, &profile);
@@ -1138,7 +1176,7 @@ impl Engine {
         let k = self.sparse_k;
         loop {
             let rank = &self.ranks[r];
-            if rank.dec.len() + rank.prefilling.len() >= self.cfg.max_num_seqs as usize {
+            if rank.dec.len() + rank.prefilling.len() >= self.cfg.seq_limit() as usize {
                 break;
             }
             let Some(slot) = self.ranks[r].ready.pop_front() else {
@@ -1351,7 +1389,7 @@ impl Engine {
     /// Continue running prefills, then start waiting requests FCFS, within the token budget.
     fn prefill_phase(&mut self, r: usize, collect: bool) {
         let decode_role = self.cfg.role == Role::Decode;
-        let mut budget = self.cfg.max_num_batched_tokens as u64 - self.shapes[r].decode_seqs as u64;
+        let mut budget = self.cfg.token_budget() as u64 - self.shapes[r].decode_seqs as u64;
         let mut idx = 0;
         while budget > 0 && idx < self.ranks[r].prefilling.len() {
             let slot = self.ranks[r].prefilling[idx];
@@ -1364,7 +1402,7 @@ impl Engine {
         // Admissions.
         while budget > 0 {
             let rank = &self.ranks[r];
-            if rank.dec.len() + rank.prefilling.len() >= self.cfg.max_num_seqs as usize {
+            if rank.dec.len() + rank.prefilling.len() >= self.cfg.seq_limit() as usize {
                 break;
             }
             let Some(&slot) = rank.waiting.front() else {

@@ -46,7 +46,10 @@ pub mod perf;
 mod blocks;
 mod engine;
 
-pub use catalog::{Admission, Batching, Catalog, EngineProfile, GpuSpec, ModelSpec};
+pub use catalog::{
+    Admission, Batching, Catalog, DeviceLimits, EngineDefaults, EngineProfile, GpuSpec, MemoryRule,
+    ModelSpec,
+};
 pub use config::{EngineConfig, KvDtype, Role, WeightDtype};
 pub use engine::{
     AdmitInfo, Advance, Engine, EngineLoad, EngineStats, FinishReason, Finished, KvReserved,

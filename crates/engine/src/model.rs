@@ -1,6 +1,6 @@
 //! Model arithmetic: parameter counts, KV bytes per token, weights and KV capacity per GPU.
 
-use crate::catalog::{GpuSpec, ModelSpec};
+use crate::catalog::{DeviceLimits, EngineProfile, GpuSpec, MemoryRule, ModelSpec};
 use crate::config::{EngineConfig, KvDtype};
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
@@ -194,24 +194,72 @@ pub fn activation_bytes_per_gpu(m: &ModelSpec, cfg: &EngineConfig) -> f64 {
         (_, Some(e)) => (e.dense_intermediate as f64).max((e.top_k * e.expert_intermediate) as f64),
         _ => 0.0,
     };
-    cfg.max_num_batched_tokens as f64 * 2.0 * (4.0 * h + 2.0 * ffn / tp)
-        + cfg.max_num_seqs as f64 * m.vocab as f64 / tp * 4.0
+    cfg.token_budget() as f64 * 2.0 * (4.0 * h + 2.0 * ffn / tp)
+        + cfg.seq_limit() as f64 * m.vocab as f64 / tp * 4.0
 }
 
-/// The per-GPU memory plan (does not validate; see [`crate::Engine::new`]).
+/// SGLang's default `mem_fraction_static` (server_args, 0.5.x): the device minus a reserve that
+/// grows with the chunk size, the CUDA-graph batch and the parallel degrees (MiB), at least
+/// 10 GiB on GPUs over 60 GB.
+pub fn sglang_static_fraction(gpu: &GpuSpec, cfg: &EngineConfig, lim: &DeviceLimits) -> f64 {
+    let gpu_mib = gpu.memory_gib * 1024.0;
+    let tp = cfg.tp.max(1) as f64;
+    let dp = cfg.dp.max(1) as f64;
+    let graph_bs = if cfg.tp >= 4 {
+        lim.cuda_graph_max_bs.max(512)
+    } else {
+        lim.cuda_graph_max_bs
+    } as f64;
+    let chunk = lim.max_num_batched_tokens.max(2048) as f64;
+    let mut reserved = 512.0 + chunk * 1.5 + graph_bs * 2.0 + tp / 8.0 * 1024.0;
+    if cfg.dp > 1 {
+        reserved += graph_bs * dp * 3.0;
+        if graph_bs > 300.0 {
+            reserved += graph_bs * dp * 1.5;
+        }
+    }
+    if gpu.memory_gib * GIB > 60e9 {
+        reserved = reserved.max(10240.0);
+    }
+    ((gpu_mib - reserved) / gpu_mib).clamp(0.05, 0.95)
+}
+
+/// The per-GPU memory plan under the engine's own rule (does not validate; see
+/// [`crate::Engine::new`]). `cfg` must be resolved (limits filled in).
 pub fn memory_plan(
     gpu: &GpuSpec,
     m: &ModelSpec,
     cfg: &EngineConfig,
-    reserve_gib: f64,
+    prof: &EngineProfile,
 ) -> MemoryPlan {
     let p = ParamCounts::of(m);
     let device_bytes = gpu.memory_gib * GIB;
-    let budget_bytes = device_bytes * cfg.memory_fraction;
     let weight_bytes = weight_bytes_per_gpu(&p, cfg);
     let activation_bytes = activation_bytes_per_gpu(m, cfg);
-    let reserve_bytes = reserve_gib * GIB;
-    let kv_bytes = budget_bytes - weight_bytes - activation_bytes - reserve_bytes;
+    let d = &prof.defaults;
+    let reserve_bytes = prof.memory_reserve_gib * GIB;
+    let (budget_bytes, kv_bytes) = match d.memory {
+        MemoryRule::TotalFraction => {
+            let budget = device_bytes * cfg.memory_fraction.unwrap_or(d.memory_fraction);
+            (
+                budget,
+                budget - weight_bytes - activation_bytes - reserve_bytes,
+            )
+        }
+        MemoryRule::FreeFraction => {
+            let f = cfg.memory_fraction.unwrap_or(d.memory_fraction);
+            let free = device_bytes - weight_bytes - activation_bytes - reserve_bytes;
+            (device_bytes, f * free)
+        }
+        MemoryRule::StaticFraction => {
+            let lim = d.limits_for(gpu.memory_gib);
+            let f = cfg
+                .memory_fraction
+                .unwrap_or_else(|| sglang_static_fraction(gpu, cfg, &lim));
+            let budget = device_bytes * f;
+            (budget, budget - weight_bytes)
+        }
+    };
     let per_tok = kv_bytes_per_token_per_gpu(m, cfg.kv_dtype, cfg.tp);
     let bs = cfg.block_size.max(1) as u64;
     let blocks = if kv_bytes > 0.0 && per_tok > 0 {

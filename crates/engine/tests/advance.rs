@@ -193,7 +193,7 @@ fn advance_is_bit_identical_with_preemption_and_eviction() {
             gpu: "H100-SXM".into(),
             model: "Qwen3-32B".into(),
             tp: 2,
-            max_num_batched_tokens: 2048,
+            max_num_batched_tokens: Some(2048),
             num_gpu_blocks_override: Some(600),
             ..EngineConfig::default()
         },

@@ -46,7 +46,7 @@ fn qwen3_32b_h100_tp2_vllm() {
     let c = EngineConfig {
         // See docs/calibration.md: the TTFT of a fixed-length closed loop depends on the
         // prefill chunk budget; the reference is matched with vLLM's 2048-token budget.
-        max_num_batched_tokens: 2048,
+        max_num_batched_tokens: Some(2048),
         ..cfg("H100-SXM", "Qwen3-32B", WeightDtype::Bf16, 2, "vllm")
     };
     let r = measure(&c, ClosedLoop::new(32, 320, 1024, 1024));
@@ -67,7 +67,7 @@ fn trtllm_max_throughput(gpu: &str, model: &str) -> f64 {
     // trtllm-bench queues every request at once; FP8 weights and FP8 KV cache.
     let c = EngineConfig {
         kv_dtype: KvDtype::Fp8,
-        max_num_seqs: 2048,
+        max_num_seqs: Some(2048),
         ..cfg(gpu, model, WeightDtype::Fp8, 1, "trtllm")
     };
     measure(&c, ClosedLoop::new(3000, 3000, 1000, 1000)).output_throughput

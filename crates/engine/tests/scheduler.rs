@@ -101,8 +101,8 @@ fn single_request_lifecycle_by_hand() {
 #[test]
 fn chunked_prefill_respects_the_token_budget() {
     let mut e = llama8b(|c| {
-        c.max_num_batched_tokens = 1024;
-        c.max_num_seqs = 8;
+        c.max_num_batched_tokens = Some(1024);
+        c.max_num_seqs = Some(8);
     });
     e.admit(req(1, 2500, &[], 2), 0.0).unwrap();
     let o1 = e.step(0.0);
@@ -309,7 +309,7 @@ fn bad_input_is_rejected_with_reasons() {
         toml::from_str("gpu = \"H200\"\ntp = 2\nrole = \"decode\"\nkv_dtype = \"fp8\"\n").unwrap();
     assert_eq!(
         (cfg.tp, cfg.role, cfg.kv_dtype, cfg.max_num_seqs),
-        (2, Role::Decode, KvDtype::Fp8, 256)
+        (2, Role::Decode, KvDtype::Fp8, None)
     );
 
     let mut e = llama8b(|c| {
@@ -476,7 +476,7 @@ fn decode_role_local_prefill_runs_like_an_aggregated_engine() {
     // tokens, the first made by the prefill). Same steps as an aggregated engine; only the
     // `started` signal moves to the first-token step (the decode role's contract).
     let cfg = |c: &mut EngineConfig| {
-        c.max_num_batched_tokens = 512;
+        c.max_num_batched_tokens = Some(512);
         c.num_gpu_blocks_override = Some(100);
     };
     let mut d = llama8b(|c| {
@@ -690,4 +690,62 @@ fn absurd_block_counts_are_rejected_not_allocated() {
         Engine::new(&catalog(), &cfg),
         Err(EngineError::InvalidConfig(_))
     ));
+}
+
+/// Limits and KV sizing follow each engine's own defaults for the device.
+#[test]
+fn engine_defaults_follow_the_device() {
+    let cat = Catalog::builtin().unwrap();
+    let make = |f: &dyn Fn(&mut EngineConfig)| {
+        let mut c = EngineConfig::default();
+        f(&mut c);
+        Engine::new(&cat, &c)
+    };
+    // vLLM: 1024 sequences / 8192 tokens on >= 70 GiB GPUs.
+    let e = make(&|c| c.tp = 2).unwrap();
+    assert_eq!(e.config().max_num_seqs, Some(1024));
+    assert_eq!(e.config().max_num_batched_tokens, Some(8192));
+    // Explicit values win.
+    let e = make(&|c| {
+        c.tp = 2;
+        c.max_num_seqs = Some(64);
+    })
+    .unwrap();
+    assert_eq!(e.config().max_num_seqs, Some(64));
+    // SGLang splits its chunk across DP-attention ranks (16384 from 160 GB, 8192 below).
+    let e = make(&|c| {
+        c.engine = "sglang".into();
+        c.model = "DeepSeek-V3".into();
+        c.weight_dtype = WeightDtype::Fp8;
+        c.tp = 1;
+        c.dp = 8;
+        c.ep = 8;
+    })
+    .unwrap();
+    assert_eq!(e.config().max_num_batched_tokens, Some(1024));
+    // TensorRT-LLM takes its fraction of the memory left after weights: a model that fills
+    // most of the GPU still gets a KV cache, where 90% of the whole device would leave none.
+    let fits = |engine: &str| {
+        make(&|c| {
+            c.engine = engine.into();
+            c.gpu = "H100-SXM".into();
+            c.model = "Llama-3.1-70B".into();
+            c.weight_dtype = WeightDtype::Fp8;
+            c.max_model_len = Some(8192);
+        })
+        .map(|e| e.kv_capacity_tokens())
+    };
+    assert!(fits("trtllm").unwrap() > 0);
+    assert!(fits("vllm").unwrap_err().to_string().contains("KV cache"));
+    // vLLM refuses to start when one request of max_model_len does not fit in the KV cache;
+    // a shorter max_model_len starts.
+    let qwen_h100 = |len: Option<u32>| {
+        make(&|c| {
+            c.gpu = "H100-SXM".into();
+            c.max_model_len = len;
+        })
+    };
+    let err = qwen_h100(None).unwrap_err();
+    assert!(err.to_string().contains("would not start"), "{err}");
+    assert!(qwen_h100(Some(16384)).is_ok());
 }
