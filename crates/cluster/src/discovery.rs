@@ -324,7 +324,7 @@ async fn session(
                 let resp = match msg {
                     Ok(Some(r)) => r,
                     Ok(None) => return Err("watch stream ended".into()),
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(format!("watch: {e}")),
                 };
                 if resp.canceled {
                     // Compacted past our revision, or the server dropped the watch: a fresh

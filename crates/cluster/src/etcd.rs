@@ -297,8 +297,8 @@ impl EtcdClient {
     }
 
     /// Watch every key starting with `prefix`, from `start_revision` on (0: from now). Returns
-    /// once etcd confirmed the watch; a watch that starts below the compaction point is
-    /// refused with [`EtcdError::WatchCanceled`].
+    /// once etcd confirmed the watch. A watch that starts below the compaction point is
+    /// confirmed and then canceled: its first message has `canceled` and `compact_revision`.
     pub async fn watch_prefix(
         &self,
         prefix: impl AsRef<[u8]>,
@@ -641,16 +641,20 @@ async fn server_error(endpoint: &str, resp: reqwest::Response) -> EtcdError {
     }
 }
 
-/// An error with its sources (reqwest's own message alone is "error sending request").
+/// What went wrong, from reqwest's error chain. Its top line ("error sending request for url
+/// (...)") repeats the endpoint the caller already names; the causes say what happened.
 fn chain(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
+    let mut parts = Vec::new();
     let mut src = e.source();
     while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        parts.push(inner.to_string());
         src = inner.source();
     }
-    s
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
 }
 
 fn truncate(s: &str) -> String {
