@@ -134,8 +134,8 @@ pub struct Lease {
     pub ttl: i64,
 }
 
-/// An etcd client: cheap to clone-free share (`&self` methods), no connection until the first
-/// request.
+/// An etcd client. Methods take `&self` (share it by reference); nothing is dialed until the
+/// first request, and HTTP connections are pooled.
 #[derive(Debug)]
 pub struct EtcdClient {
     http: reqwest::Client,
