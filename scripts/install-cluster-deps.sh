@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Install the distributed-infrastructure binaries Switchyard's cluster layer uses and tests
-# against: etcd (membership), nats-server (router fan-out), and protoc plus the protobuf
-# well-known types (etcd-client's build script compiles etcd's .proto files, which import
-# google/protobuf/descriptor.proto; Debian ships those in libprotobuf-dev, not with protoc).
+# Install the distributed-infrastructure servers Switchyard's cluster layer tests against:
+# etcd (membership; spoken to over its HTTP/JSON gateway, /v3/ paths need etcd >= 3.4) and
+# nats-server (router fan-out). Servers only: building needs no protoc or protobuf headers.
 #
 # Idempotent and non-interactive: only what is missing is installed, from Debian's packages.
 # Safe to run on every CI start; a no-op when everything is present.
@@ -11,11 +10,9 @@ set -euo pipefail
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
-command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
-[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 
 if [ ${#need[@]} -eq 0 ]; then
-    echo "install-cluster-deps: etcd, nats-server, protoc and the protobuf includes already present"
+    echo "install-cluster-deps: etcd and nats-server already present"
     exit 0
 fi
 
@@ -38,14 +35,10 @@ $SUDO apt-get update -qq
 # the binary, started by our tests with their own data dirs and ports.
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 
-for b in etcd nats-server protoc; do
+for b in etcd nats-server; do
     if ! command -v "$b" >/dev/null 2>&1; then
         echo "install-cluster-deps: $b still missing after install" >&2
         exit 1
     fi
 done
-if [ ! -f /usr/include/google/protobuf/descriptor.proto ]; then
-    echo "install-cluster-deps: protobuf includes still missing after install" >&2
-    exit 1
-fi
-echo "install-cluster-deps: $(etcd --version 2>/dev/null | head -1); nats-server $(nats-server --version 2>/dev/null); $(protoc --version)"
+echo "install-cluster-deps: $(etcd --version 2>/dev/null | head -1); nats-server $(nats-server --version 2>/dev/null)"

@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
+use crate::etcd::{EventType, KeyValue};
 use crate::record::WorkerRecord;
 use crate::register::connect;
 use crate::{ClusterError, DEFAULT_PREFIX, LinkHealth, LinkState, log, set_health};
@@ -160,10 +160,10 @@ impl Watcher {
         }
     }
 
-    fn snapshot(&self, kvs: &[etcd_client::KeyValue]) {
+    fn snapshot(&self, kvs: &[KeyValue]) {
         let mut snap = BTreeMap::new();
         for kv in kvs {
-            if let Some((id, Some(r))) = self.parse(kv.key(), kv.value()) {
+            if let Some((id, Some(r))) = self.parse(&kv.key, &kv.value) {
                 snap.insert(id, r);
             }
         }
@@ -289,34 +289,17 @@ async fn session(
     backoff: &mut Backoff,
     connected: &mut bool,
 ) -> Result<(), String> {
-    let t = cfg.request_timeout;
-    let mut c: Client = connect(&cfg.endpoints, t)
+    // Each request (and the watch setup) is bounded by the request timeout.
+    let c = connect(&cfg.endpoints, cfg.request_timeout).map_err(|e| e.to_string())?;
+    let snap = c
+        .get_prefix(&cfg.prefix)
         .await
-        .map_err(|e| e.to_string())?;
-    let snap = tokio::time::timeout(
-        t,
-        c.get(cfg.prefix.as_str(), Some(GetOptions::new().with_prefix())),
-    )
-    .await
-    .map_err(|_| "snapshot read timed out".to_string())?
-    .map_err(|e| e.to_string())?;
-    let rev = snap.header().map(|h| h.revision()).unwrap_or(0);
-    let (_watcher, mut stream) = tokio::time::timeout(
-        t,
-        c.watch(
-            cfg.prefix.as_str(),
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(rev + 1),
-            ),
-        ),
-    )
-    .await
-    .map_err(|_| "watch create timed out".to_string())?
-    .map_err(|e| e.to_string())?
-    .split();
-    w.snapshot(snap.kvs());
+        .map_err(|e| format!("snapshot read: {e}"))?;
+    let mut stream = c
+        .watch_prefix(&cfg.prefix, snap.revision + 1)
+        .await
+        .map_err(|e| format!("watch create: {e}"))?;
+    w.snapshot(&snap.kvs);
     *connected = true;
     let was_degraded = health.borrow().state == LinkState::Degraded;
     set_health(health, LinkState::Connected, None);
@@ -341,31 +324,29 @@ async fn session(
                 let resp = match msg {
                     Ok(Some(r)) => r,
                     Ok(None) => return Err("watch stream ended".into()),
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(format!("watch: {e}")),
                 };
-                if resp.canceled() {
+                if resp.canceled {
                     // Compacted past our revision, or the server dropped the watch: a fresh
                     // snapshot repairs whatever we missed.
-                    return Err(format!("watch canceled: {}", resp.cancel_reason()));
+                    let e = crate::etcd::EtcdError::WatchCanceled {
+                        reason: resp.cancel_reason,
+                        compact_revision: resp.compact_revision,
+                    };
+                    return Err(e.to_string());
                 }
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    match ev.event_type() {
-                        EventType::Put => w.put(kv.key(), kv.value()),
-                        EventType::Delete => w.delete(kv.key()),
+                for ev in &resp.events {
+                    match ev.event_type {
+                        EventType::Put => w.put(&ev.kv.key, &ev.kv.value),
+                        EventType::Delete => w.delete(&ev.kv.key),
                     }
                 }
             }
             _ = probe.tick() => {
-                // A cheap linearizable read: proves there is a quorum behind the watch.
-                let r = tokio::time::timeout(
-                    t,
-                    c.get(cfg.prefix.as_str(), Some(GetOptions::new().with_prefix().with_count_only())),
-                ).await;
-                match r {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_) => return Err("etcd probe timed out".into()),
+                // A cheap linearizable read: proves there is a quorum behind the watch (an
+                // idle watch is silent, and a partition sends no RST).
+                if let Err(e) = c.count_prefix(&cfg.prefix).await {
+                    return Err(format!("probe: {e}"));
                 }
             }
         }

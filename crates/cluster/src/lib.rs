@@ -52,6 +52,7 @@
 
 mod backoff;
 pub mod discovery;
+pub mod etcd;
 pub mod fanout;
 pub mod record;
 pub mod register;
@@ -85,7 +86,7 @@ pub enum ClusterError {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("etcd: {0}")]
-    Etcd(#[from] etcd_client::Error),
+    Etcd(#[from] etcd::EtcdError),
     #[error("NATS: {0}")]
     Nats(String),
     #[error("note decoding: {0}")]
@@ -228,7 +229,7 @@ pub(crate) fn unix_now() -> f64 {
 
 pub(crate) fn log(component: &str, msg: std::fmt::Arguments<'_>) {
     let mut line = msg.to_string();
-    // gRPC transport errors nest several sources; a log line needs the first few.
+    // Transport errors nest several sources; a log line needs the first few.
     if line.len() > 240 {
         let mut cut = 240;
         while !line.is_char_boundary(cut) {

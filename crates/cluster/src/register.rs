@@ -13,11 +13,11 @@
 use std::time::Duration;
 
 use clap::Args;
-use etcd_client::{Client, ConnectOptions, PutOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
+use crate::etcd::EtcdClient;
 use crate::record::{Role, WorkerRecord};
 use crate::{ClusterError, DEFAULT_PREFIX, log, parse_etcd_endpoints};
 
@@ -194,26 +194,13 @@ impl Drop for Registration {
     }
 }
 
-fn connect_options(request_timeout: Duration) -> ConnectOptions {
-    ConnectOptions::new()
-        .with_connect_timeout(request_timeout)
-        .with_timeout(request_timeout)
-        // HTTP/2 pings notice a dead peer on an idle connection (a partition sends no RST).
-        .with_keep_alive(Duration::from_secs(2), request_timeout)
-        .with_keep_alive_while_idle(true)
-}
-
-pub(crate) async fn connect(
+/// A client for `endpoints`. Nothing is sent yet: the first request finds out whether etcd
+/// is there.
+pub(crate) fn connect(
     endpoints: &[String],
     request_timeout: Duration,
-) -> Result<Client, ClusterError> {
-    let c = tokio::time::timeout(
-        request_timeout,
-        Client::connect(endpoints, Some(connect_options(request_timeout))),
-    )
-    .await
-    .map_err(|_| ClusterError::Config("etcd connect timed out".into()))??;
-    Ok(c)
+) -> Result<EtcdClient, ClusterError> {
+    Ok(EtcdClient::new(endpoints, request_timeout)?)
 }
 
 /// Why the keep-alive loop ended.
@@ -234,7 +221,7 @@ async fn run(
 ) {
     let http = reqwest::Client::new();
     let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
-    let mut client: Option<Client> = None;
+    let mut client: Option<EtcdClient> = None;
     let mut lease: Option<i64> = None;
     let ttl = i64::from(cfg.ttl_secs);
     // Keep-alive at a third of the TTL: two may be lost before the lease expires.
@@ -262,9 +249,9 @@ async fn run(
             }
             continue;
         }
-        let c = match client.as_mut() {
+        let c = match client.as_ref() {
             Some(c) => c,
-            None => match connect(&cfg.endpoints, cfg.request_timeout).await {
+            None => match connect(&cfg.endpoints, cfg.request_timeout) {
                 Ok(c) => client.insert(c),
                 Err(e) => {
                     degraded(&state, &key, &mut logged_error, e.to_string());
@@ -275,18 +262,18 @@ async fn run(
                 }
             },
         };
-        let id =
-            match ensure_registered(c, &mut lease, ttl, &key, &value, cfg.request_timeout).await {
-                Ok(id) => id,
-                Err(e) => {
-                    degraded(&state, &key, &mut logged_error, e);
-                    client = None;
-                    if wait_or_stop(&mut stop, backoff.next_delay()).await {
-                        break;
-                    }
-                    continue;
+        let id = match ensure_registered(c, &mut lease, ttl, &key, &value).await {
+            Ok(id) => id,
+            Err(e) => {
+                degraded(&state, &key, &mut logged_error, e);
+                // Drop pooled connections: the next attempt dials afresh.
+                client = None;
+                if wait_or_stop(&mut stop, backoff.next_delay()).await {
+                    break;
                 }
-            };
+                continue;
+            }
+        };
         if logged_error.take().is_some() {
             log(
                 "register",
@@ -307,7 +294,7 @@ async fn run(
             }
             Exit::Unhealthy => {
                 // Withdraw now rather than after the TTL: routers stop sending at once.
-                let _ = tokio::time::timeout(cfg.request_timeout, c.lease_revoke(id)).await;
+                let _ = c.lease_revoke(id).await;
                 lease = None;
                 if let Some(g) = &cfg.health {
                     log(
@@ -327,8 +314,8 @@ async fn run(
         }
     }
     // Clean leave: revoke so watchers drop the worker now, not after the TTL.
-    if let (Some(id), Some(c)) = (lease, client.as_mut()) {
-        let _ = tokio::time::timeout(cfg.request_timeout, c.lease_revoke(id)).await;
+    if let (Some(id), Some(c)) = (lease, client.as_ref()) {
+        let _ = c.lease_revoke(id).await;
     }
     state.send_replace(RegistrationState::Stopped);
 }
@@ -350,22 +337,17 @@ fn degraded(
     state.send_replace(RegistrationState::Degraded { error });
 }
 
-/// Reuse the lease if it survived, else grant one; then put the record bound to it.
+/// Reuse the lease if it survived, else grant one; then put the record bound to it. Every
+/// request is bounded by the client's request timeout.
 async fn ensure_registered(
-    c: &mut Client,
+    c: &EtcdClient,
     lease: &mut Option<i64>,
     ttl: i64,
     key: &str,
     value: &[u8],
-    timeout: Duration,
 ) -> Result<i64, String> {
-    let t = |e: tokio::time::error::Elapsed| e.to_string();
     if let Some(id) = *lease {
-        let alive = tokio::time::timeout(timeout, c.lease_time_to_live(id, None))
-            .await
-            .map_err(t)?
-            .map(|r| r.ttl() > 0)
-            .map_err(|e| e.to_string())?;
+        let alive = c.lease_time_to_live(id).await.map_err(|e| e.to_string())? > 0;
         if !alive {
             *lease = None;
         }
@@ -373,38 +355,25 @@ async fn ensure_registered(
     let id = match *lease {
         Some(id) => id,
         None => {
-            let g = tokio::time::timeout(timeout, c.lease_grant(ttl, None))
-                .await
-                .map_err(t)?
-                .map_err(|e| e.to_string())?;
-            *lease = Some(g.id());
-            g.id()
+            let g = c.lease_grant(ttl).await.map_err(|e| e.to_string())?;
+            *lease = Some(g.id);
+            g.id
         }
     };
-    tokio::time::timeout(
-        timeout,
-        c.put(key, value.to_vec(), Some(PutOptions::new().with_lease(id))),
-    )
-    .await
-    .map_err(t)?
-    .map_err(|e| e.to_string())?;
+    c.put(key, value, Some(id))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(id)
 }
 
 async fn keep_alive(
-    c: &mut Client,
+    c: &EtcdClient,
     id: i64,
     every: Duration,
     cfg: &RegisterConfig,
     http: &reqwest::Client,
     stop: &mut watch::Receiver<bool>,
 ) -> Exit {
-    let (mut keeper, mut responses) =
-        match tokio::time::timeout(cfg.request_timeout, c.lease_keep_alive(id)).await {
-            Ok(Ok(k)) => k,
-            Ok(Err(e)) => return Exit::Lost(e.to_string()),
-            Err(e) => return Exit::Lost(e.to_string()),
-        };
     let mut ka = tokio::time::interval(every);
     ka.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let health_every = cfg
@@ -424,15 +393,12 @@ async fn keep_alive(
                 }
             }
             _ = ka.tick() => {
-                if let Err(e) = keeper.keep_alive().await {
-                    return Exit::Lost(e.to_string());
-                }
-                match tokio::time::timeout(cfg.request_timeout, responses.message()).await {
-                    Ok(Ok(Some(r))) if r.ttl() > 0 => {}
-                    Ok(Ok(Some(_))) => return Exit::Expired,
-                    Ok(Ok(None)) => return Exit::Lost("keep-alive stream closed".into()),
-                    Ok(Err(e)) => return Exit::Lost(e.to_string()),
-                    Err(_) => return Exit::Lost("keep-alive timed out".into()),
+                // One renewal per request (bounded by the request timeout); TTL 0 means etcd
+                // no longer knows the lease.
+                match c.lease_keep_alive(id).await {
+                    Ok(ttl) if ttl > 0 => {}
+                    Ok(_) => return Exit::Expired,
+                    Err(e) => return Exit::Lost(e.to_string()),
                 }
             }
             _ = hc.tick(), if cfg.health.is_some() => {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, PutOptions};
 use support::{Etcd, percentiles};
+use switchyard_cluster::etcd::EtcdClient;
 use switchyard_cluster::{
     Discovery, DiscoveryConfig, HealthGate, LinkState, MembershipEvent, RegisterConfig,
     Registration, RegistrationState, Role, WorkerRecord,
@@ -72,10 +72,8 @@ async fn wait_state(d: &Discovery, want: LinkState, within: Duration) -> Duratio
     t0.elapsed()
 }
 
-async fn client(endpoint: &str) -> Client {
-    Client::connect([endpoint], None)
-        .await
-        .expect("etcd client")
+fn client(endpoint: &str) -> EtcdClient {
+    EtcdClient::new(&[endpoint.to_string()], Duration::from_secs(2)).expect("etcd client")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +105,7 @@ async fn registration_appears_and_clean_leave_removes_at_once() {
     assert!(d.members().is_empty());
 
     // A second watcher started now sees the (empty) snapshot, then new workers.
-    let mut c = client(&etcd.endpoint()).await;
+    let c = client(&etcd.endpoint());
     let mut lat = Vec::new();
     for i in 0..50u16 {
         let r = record(19000 + 2 * i, Role::Decode);
@@ -292,7 +290,6 @@ async fn etcd_outage_keeps_membership_and_recovery_emits_the_diff() {
     let reg = Registration::start(reg_config(&ep, 10), a.clone()).unwrap();
     assert!(reg.wait_registered(Duration::from_secs(5)).await.is_some());
     client(&ep)
-        .await
         .put(format!("{PREFIX}{}", b.id), b.to_json(), None)
         .await
         .unwrap();
@@ -332,10 +329,8 @@ async fn etcd_outage_keeps_membership_and_recovery_emits_the_diff() {
     let side_port = support::free_port();
     tokio::task::block_in_place(|| etcd.spawn(side_port));
     {
-        let mut side = client(&format!("http://127.0.0.1:{side_port}")).await;
-        side.delete(format!("{PREFIX}{}", b.id), None)
-            .await
-            .unwrap();
+        let side = client(&format!("http://127.0.0.1:{side_port}"));
+        side.delete(format!("{PREFIX}{}", b.id)).await.unwrap();
         side.put(format!("{PREFIX}{}", c.id), c.to_json(), None)
             .await
             .unwrap();
@@ -410,15 +405,15 @@ async fn etcd_down_at_start_then_up() {
         MembershipEvent::Upsert(rec)
     );
     // Keys without a lease written by hand, and bad records, coexist: bad ones are skipped.
-    let mut c = client(&format!("http://127.0.0.1:{port}")).await;
+    let c = client(&format!("http://127.0.0.1:{port}"));
     c.put(format!("{PREFIX}broken"), "{not json", None)
         .await
         .unwrap();
-    let lease = c.lease_grant(5, None).await.unwrap().id();
+    let lease = c.lease_grant(5).await.unwrap().id;
     c.put(
         format!("{PREFIX}manual"),
         r#"{"id":"manual","url":"http://10.1.2.3:8000","role":"decode"}"#,
-        Some(PutOptions::new().with_lease(lease)),
+        Some(lease),
     )
     .await
     .unwrap();
