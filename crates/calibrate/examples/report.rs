@@ -3,7 +3,8 @@
 //! `cargo run --release -p switchyard-calibrate --example report`
 //! Optional: `-- --rows N` (first N rows only, for a quick look), `-- --csv FILE` (per-row
 //! predictions as CSV), `-- --why` (the rows the model refused or thrashed on, to stderr),
-//! `-- --bounds FILE` (write the gate's bounds for the current errors).
+//! `-- --bounds FILE` (write the gate's bounds for the current errors), `-- --aic FILE`
+//! (AIConfigurator's predictions, from scripts/aic-estimate.sh: its error on the same rows).
 
 use std::time::Instant;
 
@@ -88,6 +89,15 @@ fn main() {
     if let Some(path) = arg("--bounds") {
         std::fs::write(&path, switchyard_calibrate::gate::bounds_toml(&ev))
             .expect("write --bounds");
+    }
+    if let Some(path) = arg("--aic") {
+        let text = std::fs::read_to_string(&path).expect("read --aic");
+        let peer = switchyard_calibrate::report::parse_peer(&text);
+        println!("### Against AIConfigurator's estimator (test rows both predicted)\n");
+        println!(
+            "{}",
+            switchyard_calibrate::report::peer_markdown(&rows, &preds, &peer)
+        );
     }
     println!("### Rows not compared\n\n| reason | rows |\n|---|---|");
     for (k, n) in &ev.skipped {

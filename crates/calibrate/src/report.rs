@@ -191,6 +191,81 @@ pub fn markdown(ev: &Evaluation, want: Part) -> String {
     s
 }
 
+/// AIConfigurator's own predictions for some rows: id → (TTFT ms, TPOT ms).
+pub type Peer = std::collections::HashMap<String, (f64, f64)>;
+
+/// Parse `id,aic_ttft_ms,aic_tpot_ms,error` (rows with an error or blank numbers are left out).
+pub fn parse_peer(text: &str) -> Peer {
+    let mut out = Peer::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() < 3 {
+            continue;
+        }
+        if let (Ok(t), Ok(p)) = (f[1].parse::<f64>(), f[2].parse::<f64>())
+            && t > 0.0
+            && p > 0.0
+        {
+            out.insert(f[0].to_string(), (t, p));
+        }
+    }
+    out
+}
+
+/// Markdown: on the test rows both predicted, ours against the peer's, per GPU and engine.
+pub fn peer_markdown(
+    rows: &[SiliconRow],
+    predictions: &[Result<Prediction, Skip>],
+    peer: &Peer,
+) -> String {
+    let mut cells: BTreeMap<(String, String), [Vec<f64>; 4]> = BTreeMap::new();
+    let mut all: [Vec<f64>; 4] = Default::default();
+    for (r, p) in rows.iter().zip(predictions) {
+        let (Ok(p), Some(&(at, ap))) = (p, peer.get(&r.id)) else {
+            continue;
+        };
+        if part(r) != Part::Test {
+            continue;
+        }
+        let e = [
+            pct_error(p.ttft_ms, r.ttft_ms),
+            pct_error(at, r.ttft_ms),
+            pct_error(p.tpot_ms, r.tpot_ms),
+            pct_error(ap, r.tpot_ms),
+        ];
+        let c = cells
+            .entry((r.system.clone(), r.backend.clone()))
+            .or_default();
+        for k in 0..4 {
+            c[k].push(e[k]);
+            all[k].push(e[k]);
+        }
+    }
+    let mut s = String::from(
+        "| GPU | engine | n | TTFT median \\|err\\| ours | AIC | TPOT median \\|err\\| ours | AIC |\n|---|---|---|---|---|---|---|\n",
+    );
+    let row = |s: &mut String, a: &str, b: &str, v: &[Vec<f64>; 4]| {
+        let m: Vec<String> = v
+            .iter()
+            .map(|x| format!("{:.1}%", stats(x).median_abs))
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {a} | {b} | {} | {} | {} | {} | {} |",
+            v[0].len(),
+            m[0],
+            m[1],
+            m[2],
+            m[3]
+        );
+    };
+    for ((sys, be), v) in &cells {
+        row(&mut s, sys, be, v);
+    }
+    row(&mut s, "**all**", "", &all);
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +278,15 @@ mod tests {
         assert_eq!(s.p90_abs, 20.0);
         assert_eq!(s.median, 2.0);
         assert!(stats(&[]).median_abs.is_nan());
+    }
+
+    #[test]
+    fn peer_predictions_skip_failures() {
+        let p = parse_peer(
+            "id,aic_ttft_ms,aic_tpot_ms,error\na,100,10,\nb,,,GEMM data missing\nc,0,1,\n",
+        );
+        assert_eq!(p.len(), 1);
+        assert_eq!(p["a"], (100.0, 10.0));
     }
 
     #[test]
