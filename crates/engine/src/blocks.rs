@@ -20,6 +20,7 @@
 
 use std::collections::VecDeque;
 
+use switchyard_kv::grouped::GroupedTable;
 use switchyard_kv::{BlockHash, KvEvent};
 
 /// Hint the CPU to pull the cache line at `p` (no-op off x86-64). Pool operations are bound by
@@ -181,6 +182,50 @@ impl Table {
     }
 }
 
+/// The pool's hash -> block map: [`Table`] for real hashes, or a grouped table when the
+/// driver names blocks by grouped ids (the simulator: a run of blocks then shares one record).
+#[derive(Clone, Debug)]
+enum Map {
+    Flat(Table),
+    Grouped(GroupedTable),
+}
+
+macro_rules! both {
+    ($self:expr, $t:ident => $e:expr) => {
+        match $self {
+            Map::Flat($t) => $e,
+            Map::Grouped($t) => $e,
+        }
+    };
+}
+
+impl Map {
+    #[inline]
+    fn get(&self, key: BlockHash) -> Option<u32> {
+        both!(self, t => t.get(key))
+    }
+    #[inline]
+    fn insert_new(&mut self, key: BlockHash, val: u32) -> bool {
+        both!(self, t => t.insert_new(key, val))
+    }
+    #[inline]
+    fn remove(&mut self, key: BlockHash) {
+        match self {
+            Map::Flat(t) => t.remove(key),
+            Map::Grouped(t) => {
+                let _ = t.remove(key);
+            }
+        }
+    }
+    #[inline]
+    fn prefetch(&self, key: BlockHash) {
+        both!(self, t => t.prefetch(key))
+    }
+    fn clear(&mut self) {
+        both!(self, t => t.clear())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct BlockPool {
     entries: Vec<Entry>,
@@ -190,7 +235,7 @@ pub(crate) struct BlockPool {
     /// Sequence number of `ring.front()`.
     head_seq: u64,
     free_len: u32,
-    table: Table,
+    table: Map,
     /// Scratch: hashes evicted by one `alloc_n`.
     evicted: Vec<BlockHash>,
     /// Bumped whenever a prefix lookup's answer could change (a hash appears or disappears,
@@ -213,10 +258,24 @@ impl BlockPool {
             ring: (0..n).collect(),
             head_seq: 0,
             free_len: n,
-            table: Table::with_capacity_for(n),
+            table: Map::Flat(Table::with_capacity_for(n)),
             evicted: Vec::new(),
             epoch: 0,
         }
+    }
+
+    /// Key the hash map by grouped ids ([`switchyard_kv::grouped`]); same contents.
+    pub fn use_grouped_ids(&mut self) {
+        if matches!(self.table, Map::Grouped(_)) {
+            return;
+        }
+        let mut t = GroupedTable::new();
+        for (b, e) in self.entries.iter().enumerate() {
+            if e.rc & CACHED != 0 {
+                t.insert_new(e.hash, b as u32);
+            }
+        }
+        self.table = Map::Grouped(t);
     }
 
     pub fn epoch(&self) -> u64 {

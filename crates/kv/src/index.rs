@@ -23,7 +23,7 @@ use std::fmt;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::table::BlockTable;
+use crate::grouped::BlockMap;
 use crate::{BlockHash, KvEvent};
 
 /// An engine instance's id (as assigned by discovery / configuration).
@@ -200,7 +200,7 @@ pub const DEFAULT_MAX_BLOCKS_PER_WORKER: u64 = 1 << 22;
 /// The exact prefix index. See the module docs.
 #[derive(Clone, Debug)]
 pub struct PrefixIndex {
-    map: BlockTable,
+    map: BlockMap,
     nodes: Vec<Node>,
     free: Vec<u32>,
     /// Words 1.. of the holder bitset (slots 64..) for nodes that have such holders.
@@ -227,7 +227,7 @@ impl PrefixIndex {
     /// An empty index with the default per-worker cap.
     pub fn new() -> Self {
         Self {
-            map: BlockTable::new(),
+            map: BlockMap::default(),
             nodes: Vec::new(),
             free: Vec::new(),
             wide: FxHashMap::default(),
@@ -250,6 +250,21 @@ impl PrefixIndex {
         s.map.reserve(blocks);
         s.nodes.reserve(blocks);
         s
+    }
+
+    /// Key blocks by grouped ids (see [`crate::grouped`]): for a simulator whose block
+    /// "hashes" are `group << GROUP_BITS | i` ids; any keys stay correct, only speed changes.
+    pub fn use_grouped_ids(&mut self) {
+        if self.map.is_grouped() {
+            return;
+        }
+        let mut map = BlockMap::grouped();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !self.node_is_empty(i as u32) {
+                map.insert_new(n.hash, i as u32);
+            }
+        }
+        self.map = map;
     }
 
     /// Cap the blocks one worker may hold (stores beyond it are dropped and counted).

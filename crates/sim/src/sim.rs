@@ -11,6 +11,7 @@ use switchyard_route::{Router, Ticket};
 use switchyard_trace::Trace;
 
 use crate::SimError;
+use crate::blockid::BlockIds;
 use crate::config::{Deployment, TransferMode};
 use crate::network::{Completed, Network};
 
@@ -182,7 +183,7 @@ struct Sim<'a> {
     decode_keys: Vec<WorkerKey>,
     disagg: bool,
     router: Router,
-    mapper: TraceBlockMapper,
+    ids: BlockIds,
     net: Network,
     /// First network link of each worker (one link per DP rank).
     link_base: Vec<usize>,
@@ -328,6 +329,17 @@ impl<'a> Sim<'a> {
             ..Default::default()
         };
         let n = trace.requests.len();
+        let ids = BlockIds::new(
+            TraceBlockMapper::with_trace_block_size(block_size.unwrap_or(16), trace.block_size)?,
+            trace.block_size,
+        );
+        let mut router = router;
+        if ids.grouped() {
+            router.use_grouped_ids();
+            for w in &mut workers {
+                w.engine.use_grouped_block_ids();
+            }
+        }
         Ok(Sim {
             trace,
             speedup: opts.speedup,
@@ -339,10 +351,7 @@ impl<'a> Sim<'a> {
             workers,
             disagg,
             router,
-            mapper: TraceBlockMapper::with_trace_block_size(
-                block_size.unwrap_or(16),
-                trace.block_size,
-            )?,
+            ids,
             net: Network::new(link_bw, dep.network.setup_ms / 1e3),
             link_base,
             kv_bytes_per_token: kv_bytes_per_token.unwrap_or(0.0),
@@ -413,9 +422,10 @@ impl<'a> Sim<'a> {
 
     /// Route trace request `i` at time `t` and admit it.
     fn route(&mut self, i: usize, t: f64) -> Result<(), SimError> {
-        let tr = &self.trace.requests[i];
+        let trace = self.trace;
+        let tr = &trace.requests[i];
         let mut hashes = Vec::new();
-        self.mapper
+        self.ids
             .map_into(&tr.hash_ids, tr.input_length, &mut hashes);
         let input = tr.input_length;
         let output = tr.output_length;
