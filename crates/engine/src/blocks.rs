@@ -85,7 +85,9 @@ impl Table {
         // Load factor <= 1/2 when every block holds a hash.
         let cap = (2 * n as usize).next_power_of_two().max(16);
         Table {
-            slots: vec![EMPTY_SLOT; cap],
+            // Allocated by the first insert: a simulator that keys the pool by grouped ids
+            // never uses it, and pools are large (16 bytes x 2 x blocks).
+            slots: Vec::new(),
             mask: cap - 1,
             shift: 64 - cap.trailing_zeros(),
         }
@@ -100,6 +102,9 @@ impl Table {
 
     #[inline]
     fn get(&self, key: BlockHash) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
         let mut i = self.home(key);
         loop {
             let s = self.slots[i];
@@ -116,6 +121,9 @@ impl Table {
     /// Insert unless the key is present. True when inserted.
     #[inline]
     fn insert_new(&mut self, key: BlockHash, val: u32) -> bool {
+        if self.slots.is_empty() {
+            self.slots = vec![EMPTY_SLOT; self.mask + 1];
+        }
         let mut i = self.home(key);
         loop {
             let s = &mut self.slots[i];
@@ -133,6 +141,10 @@ impl Table {
     /// Remove a present key.
     #[inline]
     fn remove(&mut self, key: BlockHash) {
+        if self.slots.is_empty() {
+            debug_assert!(false, "removing from an empty table");
+            return;
+        }
         let mask = self.mask;
         let mut i = self.home(key);
         loop {
@@ -168,6 +180,9 @@ impl Table {
     /// (removal's backward shift always reads the next slot; probes continue there too).
     #[inline]
     fn prefetch(&self, key: BlockHash) {
+        if self.slots.is_empty() {
+            return;
+        }
         let i = self.home(key);
         let p = self.slots.as_ptr().wrapping_add(i);
         prefetch(p);

@@ -8,6 +8,8 @@
 //! dozens of operations a run of blocks takes touch two cache lines instead of one miss per
 //! block. [`BlockMap`] picks one layout per map; both are exact maps.
 
+use std::cell::Cell;
+
 use crate::BlockHash;
 use crate::table::BlockTable;
 
@@ -27,7 +29,7 @@ const EMPTY_GROUP: Group = Group {
 };
 
 /// Map from grouped ids to `u32` values (never `u32::MAX`). See the module docs.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct GroupedTable {
     /// Group key (`id >> GROUP_BITS`) -> index into `groups`.
     outer: BlockTable,
@@ -36,6 +38,24 @@ pub struct GroupedTable {
     used: Vec<u8>,
     free: Vec<u32>,
     len: usize,
+    /// The last group looked up, (group key, index): consecutive operations usually touch
+    /// the same group, and this skips the outer probe for them. Reset when a group is freed.
+    last: Cell<(BlockHash, u32)>,
+}
+
+const NO_GROUP: (BlockHash, u32) = (BlockHash::MAX, u32::MAX);
+
+impl Default for GroupedTable {
+    fn default() -> Self {
+        Self {
+            outer: BlockTable::new(),
+            groups: Vec::new(),
+            used: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+            last: Cell::new(NO_GROUP),
+        }
+    }
 }
 
 impl GroupedTable {
@@ -69,9 +89,20 @@ impl GroupedTable {
     }
 
     #[inline]
+    fn find(&self, hi: BlockHash) -> Option<u32> {
+        let (k, g) = self.last.get();
+        if k == hi {
+            return Some(g);
+        }
+        let g = self.outer.get(hi)?;
+        self.last.set((hi, g));
+        Some(g)
+    }
+
+    #[inline]
     pub fn get(&self, key: BlockHash) -> Option<u32> {
         let (hi, lo) = Self::split(key);
-        let g = self.outer.get(hi)?;
+        let g = self.find(hi)?;
         let v = self.groups[g as usize].vals[lo];
         (v != EMPTY).then_some(v)
     }
@@ -104,6 +135,9 @@ impl GroupedTable {
     }
 
     fn group_or_insert(&mut self, hi: BlockHash) -> usize {
+        if let Some(g) = self.find(hi) {
+            return g as usize;
+        }
         let (groups, used, free) = (&mut self.groups, &mut self.used, &mut self.free);
         let (g, _) = self.outer.get_or_insert_with(hi, || match free.pop() {
             Some(g) => g,
@@ -113,12 +147,13 @@ impl GroupedTable {
                 (groups.len() - 1) as u32
             }
         });
+        self.last.set((hi, g));
         g as usize
     }
 
     pub fn remove(&mut self, key: BlockHash) -> Option<u32> {
         let (hi, lo) = Self::split(key);
-        let g = self.outer.get(hi)? as usize;
+        let g = self.find(hi)? as usize;
         let v = std::mem::replace(&mut self.groups[g].vals[lo], EMPTY);
         if v == EMPTY {
             return None;
@@ -128,6 +163,7 @@ impl GroupedTable {
         if self.used[g] == 0 {
             self.outer.remove(hi);
             self.free.push(g as u32);
+            self.last.set(NO_GROUP);
         }
         Some(v)
     }

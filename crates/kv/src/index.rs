@@ -739,6 +739,18 @@ impl PrefixIndex {
 
     /// Remove `slot` from node `i` and from all of `i`'s descendants it holds.
     fn remove_subtree(&mut self, slot: u32, i: u32) {
+        if self.nodes[i as usize].first_child == NIL {
+            // A leaf (the usual case: engines evict a chain tail first): no walk needed.
+            self.counters.blocks_removed += 1;
+            self.clear_bit(i, slot);
+            self.slot_blocks[slot as usize] -= 1;
+            self.memberships -= 1;
+            if self.node_is_empty(i) {
+                self.unlink(i);
+                self.free_node(i);
+            }
+            return;
+        }
         let mut stack = std::mem::take(&mut self.stack);
         let mut order = std::mem::take(&mut self.order);
         stack.clear();
@@ -850,7 +862,9 @@ impl PrefixIndex {
         }
         let hash = self.nodes[i as usize].hash;
         self.map.remove(hash);
-        self.wide.remove(&i);
+        if !self.wide.is_empty() {
+            self.wide.remove(&i);
+        }
         self.nodes[i as usize] = Node::FREE;
         self.free.push(i);
     }
