@@ -134,6 +134,23 @@ impl GroupedTable {
         self.get_or_insert_with(key, || val).1
     }
 
+    /// Map `key` to its *position* `group index << GROUP_BITS | low bits` (below
+    /// [`Self::positions`]) unless present. Returns (position, inserted). A caller can keep
+    /// per-key records in an array indexed by position: a group's records are then adjacent,
+    /// and a position is free again once its key is removed.
+    #[inline]
+    pub fn insert_pos(&mut self, key: BlockHash) -> (u32, bool) {
+        let (hi, lo) = Self::split(key);
+        let g = self.group_or_insert(hi);
+        let pos = ((g << GROUP_BITS) | lo) as u32;
+        self.get_or_insert_with(key, || pos)
+    }
+
+    /// Upper bound of the positions [`Self::insert_pos`] has handed out.
+    pub fn positions(&self) -> usize {
+        self.groups.len() << GROUP_BITS
+    }
+
     fn group_or_insert(&mut self, hi: BlockHash) -> usize {
         if let Some(g) = self.find(hi) {
             return g as usize;

@@ -254,17 +254,15 @@ impl PrefixIndex {
 
     /// Key blocks by grouped ids (see [`crate::grouped`]): for a simulator whose block
     /// "hashes" are `group << GROUP_BITS | i` ids; any keys stay correct, only speed changes.
+    /// Only an empty index switches (nodes live at their keys' positions); otherwise this is
+    /// a no-op.
     pub fn use_grouped_ids(&mut self) {
-        if self.map.is_grouped() {
+        if self.map.is_grouped() || !self.map.is_empty() {
             return;
         }
-        let mut map = BlockMap::grouped();
-        for (i, n) in self.nodes.iter().enumerate() {
-            if !self.node_is_empty(i as u32) {
-                map.insert_new(n.hash, i as u32);
-            }
-        }
-        self.map = map;
+        self.map = BlockMap::grouped();
+        self.nodes.clear();
+        self.free.clear();
     }
 
     /// Cap the blocks one worker may hold (stores beyond it are dropped and counted).
@@ -358,10 +356,23 @@ impl PrefixIndex {
                 self.counters.blocks_dropped += (blocks.len() - k) as u64;
                 return;
             }
-            let (nodes, free) = (&mut self.nodes, &mut self.free);
-            let (i, inserted) = self
-                .map
-                .get_or_insert_with(h, || alloc(nodes, free, h, prev));
+            let (i, inserted) = match &mut self.map {
+                // Grouped ids: the node lives at the key's position, next to its group's.
+                BlockMap::Grouped(t) => {
+                    let (i, inserted) = t.insert_pos(h);
+                    if inserted {
+                        if self.nodes.len() < t.positions() {
+                            self.nodes.resize(t.positions(), Node::FREE);
+                        }
+                        link_new(&mut self.nodes, i, h, prev);
+                    }
+                    (i, inserted)
+                }
+                map => {
+                    let (nodes, free) = (&mut self.nodes, &mut self.free);
+                    map.get_or_insert_with(h, || alloc(nodes, free, h, prev))
+                }
+            };
             if !inserted && self.nodes[i as usize].parent != prev {
                 self.counters.parent_mismatch += 1;
                 self.counters.blocks_dropped += (blocks.len() - k) as u64;
@@ -866,13 +877,29 @@ impl PrefixIndex {
             self.wide.remove(&i);
         }
         self.nodes[i as usize] = Node::FREE;
-        self.free.push(i);
+        // A grouped map owns node positions (freed with the key above).
+        if !self.map.is_grouped() {
+            self.free.push(i);
+        }
     }
 }
 
 /// New node under `parent` (pushed at the front of its child list).
 fn alloc(nodes: &mut Vec<Node>, free: &mut Vec<u32>, hash: BlockHash, parent: u32) -> u32 {
-    let node = Node {
+    let i = match free.pop() {
+        Some(i) => i,
+        None => {
+            nodes.push(Node::FREE);
+            (nodes.len() - 1) as u32
+        }
+    };
+    link_new(nodes, i, hash, parent);
+    i
+}
+
+/// Make free slot `i` a new node under `parent` (at the front of its child list).
+fn link_new(nodes: &mut [Node], i: u32, hash: BlockHash, parent: u32) {
+    nodes[i as usize] = Node {
         hash,
         parent,
         next: if parent == NIL {
@@ -882,16 +909,6 @@ fn alloc(nodes: &mut Vec<Node>, free: &mut Vec<u32>, hash: BlockHash, parent: u3
         },
         ..Node::FREE
     };
-    let i = match free.pop() {
-        Some(i) => {
-            nodes[i as usize] = node;
-            i
-        }
-        None => {
-            nodes.push(node);
-            (nodes.len() - 1) as u32
-        }
-    };
     if parent != NIL {
         let old = nodes[parent as usize].first_child;
         if old != NIL {
@@ -899,5 +916,4 @@ fn alloc(nodes: &mut Vec<Node>, free: &mut Vec<u32>, hash: BlockHash, parent: u3
         }
         nodes[parent as usize].first_child = i;
     }
-    i
 }
