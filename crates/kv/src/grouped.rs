@@ -302,7 +302,7 @@ mod tests {
                 x ^= x >> 7;
                 x ^= x << 17;
                 // Few groups, several keys each, so groups fill, empty and get reused.
-                let key = (x % 97) << GROUP_BITS | (x >> 32) % 7;
+                let key = ((x % 97) << GROUP_BITS) | ((x >> 32) % 7);
                 match x % 5 {
                     0..=2 => {
                         let (v, ins) = t.get_or_insert_with(key, || step);

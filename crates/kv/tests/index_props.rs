@@ -29,7 +29,7 @@ fn hash_of(i: usize) -> BlockHash {
 impl Universe {
     fn hash(&self, i: usize) -> BlockHash {
         if self.grouped {
-            ((i / 6) as u64 + 1) << switchyard_kv::grouped::GROUP_BITS | (i % 6) as u64
+            (((i / 6) as u64 + 1) << switchyard_kv::grouped::GROUP_BITS) | (i % 6) as u64
         } else {
             hash_of(i)
         }

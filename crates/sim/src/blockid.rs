@@ -96,7 +96,7 @@ mod tests {
         ];
         for (bs, tb) in [(16u32, 512u32), (32, 512), (8, 512), (16, 100)] {
             let mapper = TraceBlockMapper::with_trace_block_size(bs, tb).unwrap();
-            let mut ids = BlockIds::new(mapper.clone(), tb);
+            let mut ids = BlockIds::new(mapper, tb);
             let mut pairs: Vec<(BlockHash, BlockHash)> = Vec::new();
             let mut out = Vec::new();
             for (h, len) in reqs {

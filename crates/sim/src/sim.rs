@@ -672,12 +672,12 @@ impl<'a> Sim<'a> {
             let a = wk.engine.advance_recording(start, limit, &mut wk.timeline);
             let Some(out) = a.outcome else { return };
             let idx = (self.workers[w].timeline.len() - 1) as u32;
-            self.on_step(w, idx, &out);
+            self.on_step(w, idx, out);
         }
     }
 
     /// React to a visible step of worker `w` (its index `idx` in the worker's timeline).
-    fn on_step(&mut self, w: usize, idx: u32, out: &StepOutcome) {
+    fn on_step(&mut self, w: usize, idx: u32, out: StepOutcome) {
         let end = out.end;
         let role = self.workers[w].role;
         for &id in &out.started {
@@ -740,9 +740,10 @@ impl<'a> Sim<'a> {
         }
         if !out.kv_events.is_empty() {
             let at = end + self.event_lag;
-            for ev in &out.kv_events {
+            // Moved, not copied: an event can name hundreds of blocks.
+            for ev in out.kv_events {
                 let key = WorkerKey::new(w as u64, ev.dp_rank);
-                self.notify(at, Notice::Kv(key, ev.event.clone()));
+                self.notify(at, Notice::Kv(key, ev.event));
             }
         }
     }
