@@ -27,10 +27,12 @@ pub(crate) struct BlockIds {
 }
 
 impl BlockIds {
-    pub(crate) fn new(mapper: TraceBlockMapper, trace_block: u32) -> BlockIds {
+    /// Grouped ids when `grouped` and the trace block is a whole number of engine blocks;
+    /// otherwise the real hashes.
+    pub(crate) fn new(mapper: TraceBlockMapper, trace_block: u32, grouped: bool) -> BlockIds {
         let b = mapper.engine_block_size() as u64;
         let tb = trace_block as u64;
-        let per = (tb.is_multiple_of(b) && tb >= b).then_some(tb / b);
+        let per = (grouped && tb.is_multiple_of(b) && tb >= b).then_some(tb / b);
         let sub_bits = per.map_or(MIN_SUB_BITS, |p| {
             (64 - (p - 1).leading_zeros()).max(MIN_SUB_BITS)
         });
@@ -96,7 +98,7 @@ mod tests {
         ];
         for (bs, tb) in [(16u32, 512u32), (32, 512), (8, 512), (16, 100)] {
             let mapper = TraceBlockMapper::with_trace_block_size(bs, tb).unwrap();
-            let mut ids = BlockIds::new(mapper, tb);
+            let mut ids = BlockIds::new(mapper, tb, true);
             let mut pairs: Vec<(BlockHash, BlockHash)> = Vec::new();
             let mut out = Vec::new();
             for (h, len) in reqs {

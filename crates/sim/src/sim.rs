@@ -22,6 +22,10 @@ pub struct RunOptions {
     pub speedup: f64,
     /// Override the deployment's seed.
     pub seed: Option<u64>,
+    /// Name blocks by their real chained hashes instead of grouped ids (same results, slower;
+    /// for tests that check exactly that).
+    #[doc(hidden)]
+    pub real_block_hashes: bool,
 }
 
 impl Default for RunOptions {
@@ -29,6 +33,7 @@ impl Default for RunOptions {
         Self {
             speedup: 1.0,
             seed: None,
+            real_block_hashes: false,
         }
     }
 }
@@ -332,6 +337,7 @@ impl<'a> Sim<'a> {
         let ids = BlockIds::new(
             TraceBlockMapper::with_trace_block_size(block_size.unwrap_or(16), trace.block_size)?,
             trace.block_size,
+            !opts.real_block_hashes,
         );
         let mut router = router;
         if ids.grouped() {
