@@ -387,6 +387,7 @@ fn ab(args: AbArgs) -> Result<()> {
     let opts = RunOptions {
         speedup: args.speedup,
         seed: args.seed,
+        ..RunOptions::default()
     };
     // A and B are independent: simulate them on two threads (each run is single-threaded and
     // deterministic, so this changes wall time only).

@@ -20,6 +20,7 @@
 
 use std::collections::VecDeque;
 
+use switchyard_kv::grouped::GroupedTable;
 use switchyard_kv::{BlockHash, KvEvent};
 
 /// Hint the CPU to pull the cache line at `p` (no-op off x86-64). Pool operations are bound by
@@ -84,7 +85,9 @@ impl Table {
         // Load factor <= 1/2 when every block holds a hash.
         let cap = (2 * n as usize).next_power_of_two().max(16);
         Table {
-            slots: vec![EMPTY_SLOT; cap],
+            // Allocated by the first insert: a simulator that keys the pool by grouped ids
+            // never uses it, and pools are large (16 bytes x 2 x blocks).
+            slots: Vec::new(),
             mask: cap - 1,
             shift: 64 - cap.trailing_zeros(),
         }
@@ -99,6 +102,9 @@ impl Table {
 
     #[inline]
     fn get(&self, key: BlockHash) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
         let mut i = self.home(key);
         loop {
             let s = self.slots[i];
@@ -115,6 +121,9 @@ impl Table {
     /// Insert unless the key is present. True when inserted.
     #[inline]
     fn insert_new(&mut self, key: BlockHash, val: u32) -> bool {
+        if self.slots.is_empty() {
+            self.slots = vec![EMPTY_SLOT; self.mask + 1];
+        }
         let mut i = self.home(key);
         loop {
             let s = &mut self.slots[i];
@@ -132,6 +141,10 @@ impl Table {
     /// Remove a present key.
     #[inline]
     fn remove(&mut self, key: BlockHash) {
+        if self.slots.is_empty() {
+            debug_assert!(false, "removing from an empty table");
+            return;
+        }
         let mask = self.mask;
         let mut i = self.home(key);
         loop {
@@ -167,6 +180,9 @@ impl Table {
     /// (removal's backward shift always reads the next slot; probes continue there too).
     #[inline]
     fn prefetch(&self, key: BlockHash) {
+        if self.slots.is_empty() {
+            return;
+        }
         let i = self.home(key);
         let p = self.slots.as_ptr().wrapping_add(i);
         prefetch(p);
@@ -181,6 +197,50 @@ impl Table {
     }
 }
 
+/// The pool's hash -> block map: [`Table`] for real hashes, or a grouped table when the
+/// driver names blocks by grouped ids (the simulator: a run of blocks then shares one record).
+#[derive(Clone, Debug)]
+enum Map {
+    Flat(Table),
+    Grouped(GroupedTable),
+}
+
+macro_rules! both {
+    ($self:expr, $t:ident => $e:expr) => {
+        match $self {
+            Map::Flat($t) => $e,
+            Map::Grouped($t) => $e,
+        }
+    };
+}
+
+impl Map {
+    #[inline]
+    fn get(&self, key: BlockHash) -> Option<u32> {
+        both!(self, t => t.get(key))
+    }
+    #[inline]
+    fn insert_new(&mut self, key: BlockHash, val: u32) -> bool {
+        both!(self, t => t.insert_new(key, val))
+    }
+    #[inline]
+    fn remove(&mut self, key: BlockHash) {
+        match self {
+            Map::Flat(t) => t.remove(key),
+            Map::Grouped(t) => {
+                let _ = t.remove(key);
+            }
+        }
+    }
+    #[inline]
+    fn prefetch(&self, key: BlockHash) {
+        both!(self, t => t.prefetch(key))
+    }
+    fn clear(&mut self) {
+        both!(self, t => t.clear())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct BlockPool {
     entries: Vec<Entry>,
@@ -190,7 +250,7 @@ pub(crate) struct BlockPool {
     /// Sequence number of `ring.front()`.
     head_seq: u64,
     free_len: u32,
-    table: Table,
+    table: Map,
     /// Scratch: hashes evicted by one `alloc_n`.
     evicted: Vec<BlockHash>,
     /// Bumped whenever a prefix lookup's answer could change (a hash appears or disappears,
@@ -213,10 +273,24 @@ impl BlockPool {
             ring: (0..n).collect(),
             head_seq: 0,
             free_len: n,
-            table: Table::with_capacity_for(n),
+            table: Map::Flat(Table::with_capacity_for(n)),
             evicted: Vec::new(),
             epoch: 0,
         }
+    }
+
+    /// Key the hash map by grouped ids ([`switchyard_kv::grouped`]); same contents.
+    pub fn use_grouped_ids(&mut self) {
+        if matches!(self.table, Map::Grouped(_)) {
+            return;
+        }
+        let mut t = GroupedTable::new();
+        for (b, e) in self.entries.iter().enumerate() {
+            if e.rc & CACHED != 0 {
+                t.insert_new(e.hash, b as u32);
+            }
+        }
+        self.table = Map::Grouped(t);
     }
 
     pub fn epoch(&self) -> u64 {

@@ -210,6 +210,11 @@ impl ApproxIndex {
         self.index.memory_bytes() + lru
     }
 
+    /// See [`PrefixIndex::use_grouped_ids`].
+    pub fn use_grouped_ids(&mut self) {
+        self.index.use_grouped_ids();
+    }
+
     /// The underlying prefix index (for inspection).
     pub fn index(&self) -> &PrefixIndex {
         &self.index
@@ -391,6 +396,12 @@ impl KvIndexer {
             IndexMode::Approximate => self.predicted.worker_blocks(worker),
             _ => self.exact.worker_blocks(worker),
         }
+    }
+
+    /// Key both indexes by grouped ids ([`PrefixIndex::use_grouped_ids`]).
+    pub fn use_grouped_ids(&mut self) {
+        self.exact.use_grouped_ids();
+        self.predicted.use_grouped_ids();
     }
 
     /// The exact index (counters, sizes).

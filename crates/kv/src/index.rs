@@ -23,7 +23,7 @@ use std::fmt;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::table::BlockTable;
+use crate::grouped::BlockMap;
 use crate::{BlockHash, KvEvent};
 
 /// An engine instance's id (as assigned by discovery / configuration).
@@ -200,7 +200,7 @@ pub const DEFAULT_MAX_BLOCKS_PER_WORKER: u64 = 1 << 22;
 /// The exact prefix index. See the module docs.
 #[derive(Clone, Debug)]
 pub struct PrefixIndex {
-    map: BlockTable,
+    map: BlockMap,
     nodes: Vec<Node>,
     free: Vec<u32>,
     /// Words 1.. of the holder bitset (slots 64..) for nodes that have such holders.
@@ -227,7 +227,7 @@ impl PrefixIndex {
     /// An empty index with the default per-worker cap.
     pub fn new() -> Self {
         Self {
-            map: BlockTable::new(),
+            map: BlockMap::default(),
             nodes: Vec::new(),
             free: Vec::new(),
             wide: FxHashMap::default(),
@@ -250,6 +250,19 @@ impl PrefixIndex {
         s.map.reserve(blocks);
         s.nodes.reserve(blocks);
         s
+    }
+
+    /// Key blocks by grouped ids (see [`crate::grouped`]): for a simulator whose block
+    /// "hashes" are `group << GROUP_BITS | i` ids; any keys stay correct, only speed changes.
+    /// Only an empty index switches (nodes live at their keys' positions); otherwise this is
+    /// a no-op.
+    pub fn use_grouped_ids(&mut self) {
+        if self.map.is_grouped() || !self.map.is_empty() {
+            return;
+        }
+        self.map = BlockMap::grouped();
+        self.nodes.clear();
+        self.free.clear();
     }
 
     /// Cap the blocks one worker may hold (stores beyond it are dropped and counted).
@@ -343,10 +356,23 @@ impl PrefixIndex {
                 self.counters.blocks_dropped += (blocks.len() - k) as u64;
                 return;
             }
-            let (nodes, free) = (&mut self.nodes, &mut self.free);
-            let (i, inserted) = self
-                .map
-                .get_or_insert_with(h, || alloc(nodes, free, h, prev));
+            let (i, inserted) = match &mut self.map {
+                // Grouped ids: the node lives at the key's position, next to its group's.
+                BlockMap::Grouped(t) => {
+                    let (i, inserted) = t.insert_pos(h);
+                    if inserted {
+                        if self.nodes.len() < t.positions() {
+                            self.nodes.resize(t.positions(), Node::FREE);
+                        }
+                        link_new(&mut self.nodes, i, h, prev);
+                    }
+                    (i, inserted)
+                }
+                map => {
+                    let (nodes, free) = (&mut self.nodes, &mut self.free);
+                    map.get_or_insert_with(h, || alloc(nodes, free, h, prev))
+                }
+            };
             if !inserted && self.nodes[i as usize].parent != prev {
                 self.counters.parent_mismatch += 1;
                 self.counters.blocks_dropped += (blocks.len() - k) as u64;
@@ -724,6 +750,18 @@ impl PrefixIndex {
 
     /// Remove `slot` from node `i` and from all of `i`'s descendants it holds.
     fn remove_subtree(&mut self, slot: u32, i: u32) {
+        if self.nodes[i as usize].first_child == NIL {
+            // A leaf (the usual case: engines evict a chain tail first): no walk needed.
+            self.counters.blocks_removed += 1;
+            self.clear_bit(i, slot);
+            self.slot_blocks[slot as usize] -= 1;
+            self.memberships -= 1;
+            if self.node_is_empty(i) {
+                self.unlink(i);
+                self.free_node(i);
+            }
+            return;
+        }
         let mut stack = std::mem::take(&mut self.stack);
         let mut order = std::mem::take(&mut self.order);
         stack.clear();
@@ -835,15 +873,33 @@ impl PrefixIndex {
         }
         let hash = self.nodes[i as usize].hash;
         self.map.remove(hash);
-        self.wide.remove(&i);
+        if !self.wide.is_empty() {
+            self.wide.remove(&i);
+        }
         self.nodes[i as usize] = Node::FREE;
-        self.free.push(i);
+        // A grouped map owns node positions (freed with the key above).
+        if !self.map.is_grouped() {
+            self.free.push(i);
+        }
     }
 }
 
 /// New node under `parent` (pushed at the front of its child list).
 fn alloc(nodes: &mut Vec<Node>, free: &mut Vec<u32>, hash: BlockHash, parent: u32) -> u32 {
-    let node = Node {
+    let i = match free.pop() {
+        Some(i) => i,
+        None => {
+            nodes.push(Node::FREE);
+            (nodes.len() - 1) as u32
+        }
+    };
+    link_new(nodes, i, hash, parent);
+    i
+}
+
+/// Make free slot `i` a new node under `parent` (at the front of its child list).
+fn link_new(nodes: &mut [Node], i: u32, hash: BlockHash, parent: u32) {
+    nodes[i as usize] = Node {
         hash,
         parent,
         next: if parent == NIL {
@@ -853,16 +909,6 @@ fn alloc(nodes: &mut Vec<Node>, free: &mut Vec<u32>, hash: BlockHash, parent: u3
         },
         ..Node::FREE
     };
-    let i = match free.pop() {
-        Some(i) => {
-            nodes[i as usize] = node;
-            i
-        }
-        None => {
-            nodes.push(node);
-            (nodes.len() - 1) as u32
-        }
-    };
     if parent != NIL {
         let old = nodes[parent as usize].first_child;
         if old != NIL {
@@ -870,5 +916,4 @@ fn alloc(nodes: &mut Vec<Node>, free: &mut Vec<u32>, hash: BlockHash, parent: u3
         }
         nodes[parent as usize].first_child = i;
     }
-    i
 }

@@ -13,9 +13,10 @@
 
 pub mod approx;
 mod error;
+pub mod grouped;
 pub mod hash;
 pub mod index;
-mod table;
+pub mod table;
 pub mod translate;
 pub mod wire;
 

@@ -19,20 +19,27 @@ struct Slot {
 
 const FREE: Slot = Slot { key: 0, val: EMPTY };
 
+/// Map from block hashes to `u32` values (never `u32::MAX`).
 #[derive(Clone, Debug)]
-pub(crate) struct BlockTable {
+pub struct BlockTable {
     slots: Vec<Slot>,
     shift: u32,
     len: usize,
 }
 
+impl Default for BlockTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl BlockTable {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self::with_capacity(0)
     }
 
     /// Room for `n` keys before growing (load factor ≤ 5/8).
-    pub(crate) fn with_capacity(n: usize) -> Self {
+    pub fn with_capacity(n: usize) -> Self {
         let want = (n * 8 / 5 + 1).next_power_of_two().max(16);
         Self {
             slots: vec![FREE; want],
@@ -41,18 +48,28 @@ impl BlockTable {
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
     }
 
-    pub(crate) fn reserve(&mut self, additional: usize) {
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Remove every key, keeping the capacity.
+    pub fn clear(&mut self) {
+        self.slots.fill(FREE);
+        self.len = 0;
+    }
+
+    pub fn reserve(&mut self, additional: usize) {
         let need = self.len + additional;
         if need * 8 > self.slots.len() * 5 {
             self.rehash((need * 8 / 5 + 1).next_power_of_two());
         }
     }
 
-    pub(crate) fn memory_bytes(&self) -> usize {
+    pub fn memory_bytes(&self) -> usize {
         self.slots.capacity() * std::mem::size_of::<Slot>()
     }
 
@@ -68,7 +85,7 @@ impl BlockTable {
 
     /// Hint the CPU to fetch `key`'s home slot.
     #[inline(always)]
-    pub(crate) fn prefetch(&self, key: BlockHash) {
+    pub fn prefetch(&self, key: BlockHash) {
         #[cfg(target_arch = "x86_64")]
         {
             let p = self.slots.as_ptr().wrapping_add(self.home(key));
@@ -83,7 +100,7 @@ impl BlockTable {
     }
 
     #[inline]
-    pub(crate) fn get(&self, key: BlockHash) -> Option<u32> {
+    pub fn get(&self, key: BlockHash) -> Option<u32> {
         let m = self.mask();
         let mut i = self.home(key);
         loop {
@@ -100,7 +117,7 @@ impl BlockTable {
 
     /// The value for `key`, or insert `make()`'s. Returns (value, inserted).
     #[inline]
-    pub(crate) fn get_or_insert_with(
+    pub fn get_or_insert_with(
         &mut self,
         key: BlockHash,
         make: impl FnOnce() -> u32,
@@ -126,7 +143,7 @@ impl BlockTable {
     }
 
     /// Remove `key`; backward-shift the cluster behind it so lookups never need tombstones.
-    pub(crate) fn remove(&mut self, key: BlockHash) -> Option<u32> {
+    pub fn remove(&mut self, key: BlockHash) -> Option<u32> {
         let m = self.mask();
         let mut i = self.home(key);
         loop {

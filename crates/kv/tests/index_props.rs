@@ -13,6 +13,9 @@ use switchyard_kv::{
 /// above i64::MAX.
 struct Universe {
     parent: Vec<Option<usize>>,
+    /// Name blocks by grouped ids (a simulator's `group << 5 | i`, several nodes per group)
+    /// instead of spread-out hashes; the index then uses its grouped layout.
+    grouped: bool,
 }
 
 const N: usize = 48;
@@ -24,7 +27,15 @@ fn hash_of(i: usize) -> BlockHash {
 }
 
 impl Universe {
-    fn new(seed: u64) -> Self {
+    fn hash(&self, i: usize) -> BlockHash {
+        if self.grouped {
+            (((i / 6) as u64 + 1) << switchyard_kv::grouped::GROUP_BITS) | (i % 6) as u64
+        } else {
+            hash_of(i)
+        }
+    }
+
+    fn new(seed: u64, grouped: bool) -> Self {
         let mut s = seed | 1;
         let mut parent = Vec::with_capacity(N);
         for i in 0..N {
@@ -38,7 +49,7 @@ impl Universe {
                 Some(i - 1 - (s as usize % i.min(4)))
             });
         }
-        Self { parent }
+        Self { parent, grouped }
     }
 
     fn path(&self, leaf: usize) -> Vec<usize> {
@@ -209,7 +220,7 @@ fn key(w: usize) -> WorkerKey {
 }
 
 fn check_query(idx: &PrefixIndex, model: &Model, u: &Universe, leaf: usize, workers: usize) {
-    let q: Vec<BlockHash> = u.path(leaf).into_iter().map(hash_of).collect();
+    let q: Vec<BlockHash> = u.path(leaf).into_iter().map(|i| u.hash(i)).collect();
     let mut out = Overlaps::new();
     idx.find_matches(&q, &mut out);
     for w in 0..workers {
@@ -224,9 +235,12 @@ fn check_query(idx: &PrefixIndex, model: &Model, u: &Universe, leaf: usize, work
     assert!(out.iter().all(|(_, o)| o > 0));
 }
 
-fn run(seed: u64, workers: usize, ops: Vec<Op>) {
-    let u = Universe::new(seed);
+fn run(seed: u64, workers: usize, ops: Vec<Op>, grouped: bool) {
+    let u = Universe::new(seed, grouped);
     let mut idx = PrefixIndex::new();
+    if grouped {
+        idx.use_grouped_ids();
+    }
     let mut model = Model::default();
     for op in ops {
         match op {
@@ -238,13 +252,13 @@ fn run(seed: u64, workers: usize, ops: Vec<Op>) {
             } => {
                 let path = u.path(leaf);
                 let from = from.min(path.len() - 1);
-                let blocks: Vec<BlockHash> = path[from..].iter().map(|&i| hash_of(i)).collect();
+                let blocks: Vec<BlockHash> = path[from..].iter().map(|&i| u.hash(i)).collect();
                 let parent = if bogus_parent {
                     Some(0xDEAD_BEEF_0000_0000 | leaf as u64)
                 } else if from == 0 {
                     None
                 } else {
-                    Some(hash_of(path[from - 1]))
+                    Some(u.hash(path[from - 1]))
                 };
                 let ev = KvEvent::Stored {
                     parent,
@@ -256,17 +270,17 @@ fn run(seed: u64, workers: usize, ops: Vec<Op>) {
             Op::BadParent { w, node } => {
                 // Only contradict blocks the index already knows (a fresh block with a wrong
                 // parent would be a hash collision, which chained hashes rule out).
-                if u.parent[node].is_some() && model.parent_of.contains_key(&hash_of(node)) {
+                if u.parent[node].is_some() && model.parent_of.contains_key(&u.hash(node)) {
                     let ev = KvEvent::Stored {
                         parent: None,
-                        blocks: vec![hash_of(node)],
+                        blocks: vec![u.hash(node)],
                     };
                     idx.apply_event(key(w), &ev);
-                    model.store(key(w), None, &[hash_of(node)]);
+                    model.store(key(w), None, &[u.hash(node)]);
                 }
             }
             Op::Remove { w, nodes } => {
-                let blocks: Vec<BlockHash> = nodes.iter().map(|&i| hash_of(i)).collect();
+                let blocks: Vec<BlockHash> = nodes.iter().map(|&i| u.hash(i)).collect();
                 idx.apply_event(
                     key(w),
                     &KvEvent::Removed {
@@ -313,13 +327,18 @@ proptest! {
 
     #[test]
     fn index_matches_model_few_workers(seed in any::<u64>(), ops in prop::collection::vec(op(5), 1..120)) {
-        run(seed, 5, ops);
+        run(seed, 5, ops, false);
+    }
+
+    #[test]
+    fn grouped_index_matches_model(seed in any::<u64>(), ops in prop::collection::vec(op(5), 1..120)) {
+        run(seed, 5, ops, true);
     }
 
     #[test]
     fn index_matches_model_many_workers(seed in any::<u64>(), ops in prop::collection::vec(op(140), 1..200)) {
         // More than 64 (worker, rank) slots: exercises the wide holder sets.
-        run(seed, 140, ops);
+        run(seed, 140, ops, false);
     }
 }
 
@@ -352,7 +371,7 @@ proptest! {
 
     #[test]
     fn approx_matches_model(seed in any::<u64>(), cap in 1usize..24, ops in prop::collection::vec(aop(), 1..150)) {
-        let u = Universe::new(seed);
+        let u = Universe::new(seed, false);
         let ttl = 30.0;
         let mut idx = ApproxIndex::new(ApproxConfig { ttl_secs: ttl, max_blocks_per_worker: cap }).unwrap();
         let mut m = AModel::default();
@@ -362,7 +381,7 @@ proptest! {
             match op {
                 AOp::Record { w, leaf, dt } => {
                     now += f64::from(dt);
-                    let path: Vec<BlockHash> = u.path(leaf).into_iter().map(hash_of).collect();
+                    let path: Vec<BlockHash> = u.path(leaf).into_iter().map(|i| u.hash(i)).collect();
                     idx.record(key(w), &path, now);
                     m.tick += 1;
                     let held = m.held.entry(w).or_default();
@@ -381,7 +400,7 @@ proptest! {
                 }
                 AOp::Query { leaf, dt } => {
                     now += f64::from(dt);
-                    let q: Vec<BlockHash> = u.path(leaf).into_iter().map(hash_of).collect();
+                    let q: Vec<BlockHash> = u.path(leaf).into_iter().map(|i| u.hash(i)).collect();
                     idx.find_matches(&q, now, &mut out);
                     for w in 0..4 {
                         let want = m.held.get(&w).map_or(0, |h| {

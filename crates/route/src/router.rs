@@ -277,6 +277,12 @@ impl Router {
         &self.load
     }
 
+    /// The caller's block hashes are grouped ids (a simulator's, see
+    /// [`switchyard_kv::grouped`]): lay the index out for them. Decisions do not change.
+    pub fn use_grouped_ids(&mut self) {
+        self.index.use_grouped_ids();
+    }
+
     /// The KV index (counters, sizes).
     pub fn index(&self) -> &KvIndexer {
         &self.index

@@ -14,6 +14,7 @@
 //! their lag) queue in a time-ordered inbox applied just before each routing decision, so a
 //! decision at time `t` sees exactly what had happened by `t`.
 
+mod blockid;
 pub mod config;
 pub mod network;
 mod sim;

@@ -11,6 +11,7 @@ use switchyard_route::{Router, Ticket};
 use switchyard_trace::Trace;
 
 use crate::SimError;
+use crate::blockid::BlockIds;
 use crate::config::{Deployment, TransferMode};
 use crate::network::{Completed, Network};
 
@@ -21,6 +22,10 @@ pub struct RunOptions {
     pub speedup: f64,
     /// Override the deployment's seed.
     pub seed: Option<u64>,
+    /// Name blocks by their real chained hashes instead of grouped ids (same results, slower;
+    /// for tests that check exactly that).
+    #[doc(hidden)]
+    pub real_block_hashes: bool,
 }
 
 impl Default for RunOptions {
@@ -28,6 +33,7 @@ impl Default for RunOptions {
         Self {
             speedup: 1.0,
             seed: None,
+            real_block_hashes: false,
         }
     }
 }
@@ -182,7 +188,7 @@ struct Sim<'a> {
     decode_keys: Vec<WorkerKey>,
     disagg: bool,
     router: Router,
-    mapper: TraceBlockMapper,
+    ids: BlockIds,
     net: Network,
     /// First network link of each worker (one link per DP rank).
     link_base: Vec<usize>,
@@ -328,6 +334,18 @@ impl<'a> Sim<'a> {
             ..Default::default()
         };
         let n = trace.requests.len();
+        let ids = BlockIds::new(
+            TraceBlockMapper::with_trace_block_size(block_size.unwrap_or(16), trace.block_size)?,
+            trace.block_size,
+            !opts.real_block_hashes,
+        );
+        let mut router = router;
+        if ids.grouped() {
+            router.use_grouped_ids();
+            for w in &mut workers {
+                w.engine.use_grouped_block_ids();
+            }
+        }
         Ok(Sim {
             trace,
             speedup: opts.speedup,
@@ -339,10 +357,7 @@ impl<'a> Sim<'a> {
             workers,
             disagg,
             router,
-            mapper: TraceBlockMapper::with_trace_block_size(
-                block_size.unwrap_or(16),
-                trace.block_size,
-            )?,
+            ids,
             net: Network::new(link_bw, dep.network.setup_ms / 1e3),
             link_base,
             kv_bytes_per_token: kv_bytes_per_token.unwrap_or(0.0),
@@ -413,9 +428,10 @@ impl<'a> Sim<'a> {
 
     /// Route trace request `i` at time `t` and admit it.
     fn route(&mut self, i: usize, t: f64) -> Result<(), SimError> {
-        let tr = &self.trace.requests[i];
+        let trace = self.trace;
+        let tr = &trace.requests[i];
         let mut hashes = Vec::new();
-        self.mapper
+        self.ids
             .map_into(&tr.hash_ids, tr.input_length, &mut hashes);
         let input = tr.input_length;
         let output = tr.output_length;
@@ -662,12 +678,12 @@ impl<'a> Sim<'a> {
             let a = wk.engine.advance_recording(start, limit, &mut wk.timeline);
             let Some(out) = a.outcome else { return };
             let idx = (self.workers[w].timeline.len() - 1) as u32;
-            self.on_step(w, idx, &out);
+            self.on_step(w, idx, out);
         }
     }
 
     /// React to a visible step of worker `w` (its index `idx` in the worker's timeline).
-    fn on_step(&mut self, w: usize, idx: u32, out: &StepOutcome) {
+    fn on_step(&mut self, w: usize, idx: u32, out: StepOutcome) {
         let end = out.end;
         let role = self.workers[w].role;
         for &id in &out.started {
@@ -730,9 +746,10 @@ impl<'a> Sim<'a> {
         }
         if !out.kv_events.is_empty() {
             let at = end + self.event_lag;
-            for ev in &out.kv_events {
+            // Moved, not copied: an event can name hundreds of blocks.
+            for ev in out.kv_events {
                 let key = WorkerKey::new(w as u64, ev.dp_rank);
-                self.notify(at, Notice::Kv(key, ev.event.clone()));
+                self.notify(at, Notice::Kv(key, ev.event));
             }
         }
     }

@@ -254,3 +254,41 @@ fn next_turn_with_a_short_uncached_tail_prefills_on_the_decode_worker() {
     assert_eq!(always.routing.local_prefills, 0);
     assert!(always.records[1].kv_transfer.is_some());
 }
+
+/// The simulator's grouped block ids give exactly the results real chained hashes give: the
+/// first 600 requests of the bundled trace (shared prefixes, partial trace blocks, evictions
+/// once caches fill), through a KV-aware disaggregated deployment fed by KV events.
+#[test]
+fn grouped_block_ids_match_real_hashes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../data/mooncake_conversation.jsonl.gz");
+    let mut t = switchyard_trace::load(&path, &switchyard_trace::LoadOptions::default())
+        .unwrap()
+        .trace;
+    t.requests.truncate(600);
+    // Small caches so that eviction (and its Removed events) happens within 600 requests.
+    let toml = DISAGG.replace("tp = 2", "tp = 2\nnum_gpu_blocks_override = 8000");
+    let dep = Deployment::parse(&toml, "t.toml").unwrap();
+    let cat = Catalog::builtin().unwrap();
+    let run = |real: bool| {
+        let opts = RunOptions {
+            real_block_hashes: real,
+            ..RunOptions::default()
+        };
+        simulate(&dep, &cat, &t, &opts, &mut |_, _| {}).unwrap()
+    };
+    let (grouped, real) = (run(false), run(true));
+    assert!(grouped.routing.kv_events_applied > 0);
+    assert_eq!(
+        grouped.routing.kv_events_applied,
+        real.routing.kv_events_applied
+    );
+    assert_eq!(
+        grouped.routing.mean_overlap_blocks,
+        real.routing.mean_overlap_blocks
+    );
+    assert_eq!(
+        switchyard_metrics::records_to_jsonl(&grouped.records),
+        switchyard_metrics::records_to_jsonl(&real.records)
+    );
+}
