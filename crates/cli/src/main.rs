@@ -62,13 +62,21 @@ folder (gpus/NAME.toml, models/NAME.toml, engines/NAME.toml) and passing --dir (
 `lab ab`).";
 
 fn main() -> ExitCode {
-    // Behave like other command-line tools when the reader of our output goes away
-    // (`switchyard ... | head`): exit quietly instead of failing to print.
-    #[cfg(unix)]
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // Commands that only print behave like other command-line tools when the reader of their
+    // output goes away (`switchyard trace analyze ... | head`): exit quietly. Never for
+    // anything with sockets: a client that closes its connection would kill the server
+    // (Rust's default, SIGPIPE ignored and EPIPE returned as an error, stays).
+    #[cfg(unix)]
+    if matches!(
+        cli.command,
+        Command::Catalog { .. } | Command::Lab(_) | Command::Report(_) | Command::Trace(_)
+    ) {
+        // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Bench(args) => switchyard_bench::run_cli(&args)
             .map(|_| ())

@@ -55,7 +55,7 @@ pub struct StartedPublisher {
     pub replay_endpoint: Option<String>,
 }
 
-type ReplayBuffer = Arc<Mutex<VecDeque<(u64, Bytes)>>>;
+pub(crate) type ReplayBuffer = Arc<Mutex<VecDeque<(u64, Bytes)>>>;
 
 /// Bind the PUB socket (and the replay ROUTER when configured) and spawn the task that frames
 /// and sends batches with consecutive sequence numbers starting at 0.
@@ -69,14 +69,14 @@ pub async fn start_publisher(cfg: PublisherConfig) -> anyhow::Result<StartedPubl
     let cap = cfg.buffer.max(1);
     let (replay_task, replay_endpoint) = match &cfg.replay_endpoint {
         Some(ep) => {
-            let mut router = zeromq::RouterSocket::new();
-            let b = router
-                .bind(&normalize_endpoint(ep))
+            let norm = normalize_endpoint(ep);
+            let addr = norm.strip_prefix("tcp://").ok_or_else(|| {
+                anyhow::anyhow!("KV-event replay endpoint {ep}: only tcp://HOST:PORT is supported")
+            })?;
+            let (bound, task) = crate::replay_server::bind(addr, buffer.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot bind KV-event replay socket at {ep}: {e}"))?;
-            let b = b.to_string();
-            let task = tokio::spawn(supervise_replay(router, b.clone(), buffer.clone()));
-            (Some(AbortOnDrop(Some(task))), Some(b))
+            (Some(AbortOnDrop(Some(task))), Some(format!("tcp://{bound}")))
         }
         None => (None, None),
     };
@@ -116,83 +116,9 @@ pub async fn start_publisher(cfg: PublisherConfig) -> anyhow::Result<StartedPubl
     })
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
-
-/// Run the replay service; if the ZMQ library panics inside it (it has `todo!()`s on unusual
-/// peer states), rebind on the same endpoint and go on.
-async fn supervise_replay(first: zeromq::RouterSocket, endpoint: String, buffer: ReplayBuffer) {
-    let mut sock = Some(first);
-    loop {
-        let s = match sock.take() {
-            Some(s) => s,
-            None => {
-                let mut s = zeromq::RouterSocket::new();
-                if s.bind(&normalize_endpoint(&endpoint)).await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                s
-            }
-        };
-        let task = tokio::spawn(serve_replay(s, buffer.clone()));
-        let mut guard = AbortOnDrop(Some(task));
-        let r = guard.0.as_mut().expect("set above").await;
-        guard.0 = None;
-        if r.is_ok() {
-            return;
-        }
-        eprintln!("switchyard: KV-event replay socket failed; rebinding {endpoint}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// vLLM's replay protocol on a ROUTER socket: a request `[identity, "", start_seq]` (8-byte
-/// big-endian; the delimiter is what REQ and vLLM's clients send, a bare DEALER may omit it)
-/// gets one `[identity, "", seq, payload]` message per buffered batch with `seq >= start_seq`,
-/// then `[identity, "", END_SEQ, ""]`.
-async fn serve_replay(mut sock: zeromq::RouterSocket, buffer: ReplayBuffer) {
-    loop {
-        let Ok(msg) = sock.recv().await else { continue };
-        let frames = msg.into_vec();
-        let (id, delimited, start) = match frames.as_slice() {
-            [id, empty, start] if empty.is_empty() => (id.clone(), true, start),
-            [id, start] => (id.clone(), false, start),
-            _ => continue, // not a replay request: ignore, as vLLM does
-        };
-        let Ok(start) = <[u8; 8]>::try_from(start.as_ref()) else {
-            continue;
-        };
-        let start = u64::from_be_bytes(start);
-        let batches: Vec<(u64, Bytes)> = lock(&buffer)
-            .iter()
-            .filter(|(s, _)| *s >= start)
-            .cloned()
-            .collect();
-        let reply = |seq: u64, payload: Bytes| {
-            let mut f = vec![id.clone()];
-            if delimited {
-                f.push(Bytes::new());
-            }
-            f.push(Bytes::copy_from_slice(&seq.to_be_bytes()));
-            f.push(payload);
-            ZmqMessage::try_from(f)
-        };
-        for (seq, payload) in batches.into_iter().chain([(END_SEQ, Bytes::new())]) {
-            let Ok(m) = reply(seq, payload) else { break };
-            // A requester that went away or stopped reading is abandoned: it must not hold
-            // up the others (libzmq would drop its messages instead).
-            match tokio::time::timeout(REPLAY_SEND_TIMEOUT, sock.send(m)).await {
-                Ok(Ok(())) => {}
-                _ => break,
-            }
-        }
-    }
-}
-
-/// Longest one replay message may wait to be sent to a requester.
-const REPLAY_SEND_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Why a replay request got no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -439,6 +365,39 @@ mod tests {
             seqs.push(seq);
         }
         assert_eq!(seqs, vec![0]);
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Every replay (and every plain-TCP reachability probe before it) must leave no socket
+    /// behind on either side: serve probes every worker's replay socket every few seconds.
+    #[tokio::test]
+    async fn replays_do_not_leak_sockets() {
+        let p = publisher(8).await;
+        let ep = p.replay_endpoint.clone().unwrap();
+        p.publisher.publish(b"x".to_vec());
+        for _ in 0..10 {
+            replay(&ep, 0).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = open_fds();
+        for _ in 0..300 {
+            replay(&ep, 0).await;
+        }
+        let mut after = open_fds();
+        for _ in 0..50 {
+            if after <= before + 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            after = open_fds();
+        }
+        assert!(
+            after <= before + 4,
+            "open fds grew from {before} to {after} across 300 replays"
+        );
     }
 
     #[tokio::test]

@@ -5,13 +5,14 @@
 //! * [`worker`]: [`run_worker`] / [`worker::start_worker`].
 //! * [`serve`]: [`run_serve`] / [`serve::start_serve`].
 //! * [`events`]: ZMQ PUB/SUB transport of KV events and vLLM's replay protocol (codec:
-//!   `switchyard_kv::wire`); [`kv_stream`]: sequence bookkeeping of one worker's stream.
+//!   `switchyard_kv::wire`; the replay service itself is `replay_server`); [`kv_stream`]: sequence bookkeeping of one worker's stream.
 //! * [`openai`]: request parsing and OpenAI-style errors; [`tokenizer`]: default tokenizer.
 
 pub mod events;
 pub mod kv_stream;
 pub mod openai;
 pub mod pd;
+mod replay_server;
 pub mod tokenizer;
 pub mod worker;
 
