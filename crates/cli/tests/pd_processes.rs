@@ -166,3 +166,151 @@ fn prefill_and_decode_processes_behind_serve() {
         }
     }
 }
+
+/// Open `n` connections to `base` and drop each abruptly: half mid-headers, half after the
+/// first bytes of a streamed answer; every third with a TCP reset (SO_LINGER 0).
+fn abrupt_clients(base: &str, n: usize, threads: usize) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://").to_string();
+    let hs: Vec<_> = (0..threads)
+        .map(|t| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                for i in 0..n / threads {
+                    let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
+                        continue;
+                    };
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let body = format!(
+                        r#"{{"model":"Qwen3-32B","prompt":"client {t} request {i} {}","max_tokens":400,"stream":true}}"#,
+                        "word ".repeat(50 + i % 200)
+                    );
+                    let req = format!(
+                        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if i % 2 == 0 {
+                        let _ = s.write_all(&req.as_bytes()[..req.len() / 3]);
+                    } else {
+                        let _ = s.write_all(req.as_bytes());
+                        let mut buf = [0u8; 512];
+                        let _ = s.read(&mut buf);
+                    }
+                    if i % 3 == 0 {
+                        use std::os::fd::AsRawFd;
+                        let linger = libc::linger {
+                            l_onoff: 1,
+                            l_linger: 0,
+                        };
+                        // SAFETY: a valid socket fd and a correctly sized option value.
+                        unsafe {
+                            libc::setsockopt(
+                                s.as_raw_fd(),
+                                libc::SOL_SOCKET,
+                                libc::SO_LINGER,
+                                (&linger as *const libc::linger).cast(),
+                                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                            );
+                        }
+                    }
+                    drop(s);
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+}
+
+fn get_json(url: &str) -> serde_json::Value {
+    let out = Command::new("curl").args(["-s", url]).output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn metric(base: &str, name: &str) -> f64 {
+    let out = Command::new("curl")
+        .args(["-s", &format!("{base}/metrics")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Clients that go away mid-request never take a process down (SIGPIPE must not kill a
+/// server), and every in-flight count returns to zero: 2,000 abrupt disconnects against
+/// `serve` in front of a P/D pair and against the workers directly.
+#[test]
+fn thousands_of_abrupt_disconnects_kill_nothing() {
+    let slow = |role: &str| {
+        spawn(&[
+            "worker", "--host", "127.0.0.1", "--port", "0", "--role", role, "--speedup", "1",
+        ])
+    };
+    let (mut p, p_url) = slow("prefill");
+    let (mut d, d_url) = slow("decode");
+    let (mut a, a_url) = slow("aggregated");
+    let (mut s, serve) = spawn(&[
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--health-interval",
+        "0.2",
+        "--worker",
+        &format!("{p_url},role=prefill"),
+        "--worker",
+        &format!("{d_url},role=decode"),
+    ]);
+    wait_ready(&serve);
+    abrupt_clients(&serve, 1200, 16);
+    abrupt_clients(&d_url, 400, 8);
+    abrupt_clients(&a_url, 400, 8);
+    for (name, proc) in [
+        ("serve", &mut s),
+        ("prefill", &mut p),
+        ("decode", &mut d),
+        ("aggregated", &mut a),
+    ] {
+        assert!(
+            proc.0.try_wait().unwrap().is_none(),
+            "{name} died: {:?}",
+            proc.0.try_wait()
+        );
+    }
+    // Everything cancelled drains: serve's per-worker load and the engines' running counts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ws = get_json(&format!("{serve}/v1/workers"));
+        let serve_active: u64 = ws["data"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|w| w["load"]["active_requests"].as_u64().unwrap_or(99))
+                    .sum()
+            })
+            .unwrap_or(99);
+        let running: f64 = [&p_url, &d_url, &a_url]
+            .iter()
+            .map(|u| {
+                metric(u, "switchyard_worker_num_requests_running")
+                    + metric(u, "switchyard_worker_num_requests_waiting")
+            })
+            .sum();
+        if serve_active == 0 && running == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "in flight after the clients left: serve {serve_active}, engines {running}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // And the services still answer.
+    let (st, v, _) = post(&format!("{serve}/v1/completions"), &long_prompt(100));
+    assert_eq!(st, 200, "{v}");
+}
