@@ -35,7 +35,19 @@ pub struct DisaggFields {
     pub kv_transfer_params: Option<Map<String, Value>>,
     /// `bootstrap_host` / `bootstrap_port` / `bootstrap_room` (SGLang).
     pub bootstrap: Option<Bootstrap>,
+    /// The first of [`ROUTER_FIELDS`] present in the request, if any.
+    pub present: Option<&'static str>,
 }
+
+/// Fields only a router may set: they name where a decode worker fetches KV from, so a
+/// client that could set them would aim the fleet at any host (SSRF) and, with failing
+/// transfers, trip the workers' circuit breakers. `serve` rejects them from clients.
+pub const ROUTER_FIELDS: [&str; 4] = [
+    "kv_transfer_params",
+    "bootstrap_host",
+    "bootstrap_port",
+    "bootstrap_room",
+];
 
 /// SGLang's bootstrap fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +105,9 @@ pub fn parse_fields(obj: &Map<String, Value>) -> Result<DisaggFields, ApiError> 
     Ok(DisaggFields {
         kv_transfer_params,
         bootstrap,
+        present: ROUTER_FIELDS
+            .into_iter()
+            .find(|k| obj.get(*k).is_some_and(|v| !v.is_null())),
     })
 }
 

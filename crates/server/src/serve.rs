@@ -1841,6 +1841,12 @@ async fn proxy_inner(
     start: Instant,
 ) -> Result<Response, ApiError> {
     let p = parse_request(&body, ep)?;
+    if let Some(field) = p.disagg.present {
+        return Err(ApiError::bad(format!(
+            "`{field}` is set by the router for prefill/decode disaggregation; clients may not send it"
+        ))
+        .with_param(field));
+    }
     let disagg = st.is_disaggregated();
     let healthy = |role: &str| -> Vec<Arc<WorkerEntry>> {
         st.workers

@@ -392,3 +392,55 @@ async fn disaggregated_recipe_serves_end_to_end() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["usage"]["completion_tokens"], 5);
 }
+
+/// A client cannot aim the decode workers at a host of its choosing: the P/D fields are the
+/// router's, rejected from clients with a 400 naming the field, and such requests never reach
+/// a worker or count against its health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_set_the_routers_pd_fields() {
+    // Where a forged request would send the decode worker: must never be contacted.
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap_port = trap.local_addr().unwrap().port();
+    let p = role_worker(Role::Prefill, 1e6, |_| {}).await;
+    let d = role_worker(Role::Decode, 1e6, |_| {}).await;
+    for protocol in [PdProtocol::Vllm, PdProtocol::Sglang] {
+        let s = start_serve(&serve_args(
+            vec![
+                format!("{},role=prefill", p.url()),
+                format!("{},role=decode", d.url()),
+            ],
+            protocol,
+        ))
+        .await
+        .unwrap();
+        let forged = [
+            json!({"kv_transfer_params": {"do_remote_prefill": true, "remote_host": "127.0.0.1",
+                "remote_port": trap_port, "remote_request_id": "x"}}),
+            json!({"bootstrap_host": "127.0.0.1", "bootstrap_port": trap_port, "bootstrap_room": 7}),
+            json!({"bootstrap_room": 7}),
+            json!({"bootstrap_host": "127.0.0.1"}),
+        ];
+        for _ in 0..3 {
+            for f in &forged {
+                let mut body: Value = serde_json::from_str(&completion(1, 50, 2, false)).unwrap();
+                for (k, v) in f.as_object().unwrap() {
+                    body[k] = v.clone();
+                }
+                let (st, v, _) = post(&format!("{}/v1/completions", s.url()), &body.to_string()).await;
+                assert_eq!(st, 400, "{v}");
+                let param = v["error"]["param"].as_str().unwrap_or_default().to_string();
+                assert!(f.get(&param).is_some(), "names the field: {v}");
+            }
+        }
+        let (st, body) = get(&format!("{}/ready", s.url())).await;
+        assert_eq!(st, 200, "workers stay healthy: {body}");
+        let (st, v, _) = post(
+            &format!("{}/v1/completions", s.url()),
+            &completion(1, 2000, 2, false),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let accepted = tokio::time::timeout(Duration::from_millis(100), trap.accept()).await;
+    assert!(accepted.is_err(), "a worker connected to the client's host");
+}
