@@ -247,7 +247,15 @@ fn metric(base: &str, name: &str) -> f64 {
 fn thousands_of_abrupt_disconnects_kill_nothing() {
     let slow = |role: &str| {
         spawn(&[
-            "worker", "--host", "127.0.0.1", "--port", "0", "--role", role, "--speedup", "1",
+            "worker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--role",
+            role,
+            "--speedup",
+            "1",
         ])
     };
     let (mut p, p_url) = slow("prefill");

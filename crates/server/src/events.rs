@@ -76,7 +76,10 @@ pub async fn start_publisher(cfg: PublisherConfig) -> anyhow::Result<StartedPubl
             let (bound, task) = crate::replay_server::bind(addr, buffer.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot bind KV-event replay socket at {ep}: {e}"))?;
-            (Some(AbortOnDrop(Some(task))), Some(format!("tcp://{bound}")))
+            (
+                Some(AbortOnDrop(Some(task))),
+                Some(format!("tcp://{bound}")),
+            )
         }
         None => (None, None),
     };
@@ -368,7 +371,9 @@ mod tests {
     }
 
     fn open_fds() -> usize {
-        std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// Every replay (and every plain-TCP reachability probe before it) must leave no socket

@@ -97,6 +97,16 @@ pub struct ServeArgs {
     /// Largest accepted request body, bytes.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+    /// Seconds a worker may take to start its answer (response headers; for a non-streamed
+    /// request that is the whole generation). A worker that misses it counts as failed and the
+    /// request is retried on another one, as before the first byte.
+    #[arg(long, default_value_t = DEFAULT_FIRST_BYTE_TIMEOUT_S, value_name = "SECS")]
+    pub upstream_first_byte_timeout: f64,
+    /// Seconds a started answer may go without a byte from the worker; then the client gets
+    /// an error (an SSE error event when streaming) and the worker is marked down until its
+    /// next successful health check.
+    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT_S, value_name = "SECS")]
+    pub upstream_idle_timeout: f64,
     /// Prefill/decode protocol of the workers: `vllm` (prefill first with
     /// `kv_transfer_params`, then decode with the returned params) or `sglang` (both at once
     /// with `bootstrap_host`/`bootstrap_port`/`bootstrap_room`).
@@ -143,6 +153,21 @@ pub struct ServeArgs {
     pub chat_template: Option<PathBuf>,
 }
 
+/// A positive, finite number of seconds from a flag (at most a day).
+fn timeout_arg(flag: &str, secs: f64) -> anyhow::Result<Duration> {
+    anyhow::ensure!(
+        secs > 0.0 && secs <= 86_400.0,
+        "{flag} must be between 0 and 86400 seconds, got {secs}"
+    );
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Default of `--upstream-first-byte-timeout`: long enough for a non-streamed generation of
+/// several thousand tokens.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT_S: f64 = 300.0;
+/// Default of `--upstream-idle-timeout`: far above any step time, even under preemption.
+pub const DEFAULT_IDLE_TIMEOUT_S: f64 = 60.0;
+
 /// How a disaggregated request reaches its prefill and decode workers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum PdProtocol {
@@ -167,6 +192,8 @@ impl Default for ServeArgs {
             health_interval: 2.0,
             max_attempts: 3,
             max_body_bytes: 16 << 20,
+            upstream_first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT_S,
+            upstream_idle_timeout: DEFAULT_IDLE_TIMEOUT_S,
             pd_protocol: PdProtocol::Vllm,
             discovery: None,
             discovery_prefix: DEFAULT_PREFIX.to_string(),
@@ -506,14 +533,22 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .build()?,
+        // A fresh connection per probe: a worker that stopped accepting (wedged, out of file
+        // descriptors) must fail its check, not pass on an old pooled connection.
         probe: reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(0)
             .build()?,
         policy,
         metrics: Metrics::default(),
         t0: Instant::now(),
         max_attempts: args.max_attempts,
         max_body: args.max_body_bytes,
+        first_byte_timeout: timeout_arg(
+            "--upstream-first-byte-timeout",
+            args.upstream_first_byte_timeout,
+        )?,
+        idle_timeout: timeout_arg("--upstream-idle-timeout", args.upstream_idle_timeout)?,
         pd_protocol: args.pd_protocol,
         rng: Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::from_os_rng()),
         share_predictions: router_cfg.kv_feed != KvFeed::Events,
@@ -641,6 +676,8 @@ struct ServeState {
     t0: Instant,
     max_attempts: u32,
     max_body: usize,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
     pd_protocol: PdProtocol,
     /// Bootstrap rooms (SGLang).
     rng: Mutex<rand::rngs::StdRng>,
@@ -982,25 +1019,33 @@ impl ServeState {
         path: &str,
         body: Bytes,
     ) -> Result<reqwest::Response, String> {
-        let sent = self
-            .client
-            .post(format!("{}{path}", w.spec.url))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
+        let sent = tokio::time::timeout(
+            self.first_byte_timeout,
+            self.client
+                .post(format!("{}{path}", w.spec.url))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send(),
+        )
+        .await;
+        let Ok(sent) = sent else {
+            w.errors.fetch_add(1, Ordering::Relaxed);
+            self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .upstream_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            self.note_failure(w);
+            return Err(format!(
+                "worker {} did not start answering within {:.0} s",
+                w.spec.url,
+                self.first_byte_timeout.as_secs_f64()
+            ));
+        };
         match sent {
             Ok(r) if r.status().is_server_error() => {
                 w.errors.fetch_add(1, Ordering::Relaxed);
                 self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                // Circuit breaker: a worker failing every request leaves the candidate set
-                // until its next successful health check.
-                if w.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
-                    >= MAX_CONSECUTIVE_FAILURES
-                {
-                    w.healthy.store(false, Ordering::Relaxed);
-                    w.consecutive_failures.store(0, Ordering::Relaxed);
-                }
+                self.note_failure(w);
                 let status = r.status();
                 let v: Value = r.json().await.unwrap_or(Value::Null);
                 let msg = v["error"]["message"].as_str().unwrap_or("");
@@ -1019,6 +1064,15 @@ impl ServeState {
                 }
                 Err(format!("worker {}: {e}", w.spec.url))
             }
+        }
+    }
+
+    /// Circuit breaker: a worker failing every request leaves the candidate set until its
+    /// next successful health check.
+    fn note_failure(&self, w: &WorkerEntry) {
+        if w.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_CONSECUTIVE_FAILURES {
+            w.healthy.store(false, Ordering::Relaxed);
+            w.consecutive_failures.store(0, Ordering::Relaxed);
         }
     }
 
@@ -2076,33 +2130,39 @@ async fn proxy_vllm_pd(
         let mut tried = vec![pw.id];
         let params = loop {
             match st.send(&pw, req.ep.path(), prefill_body.clone()).await {
-                Ok(r) if r.status().is_success() => match r.json::<Value>().await {
-                    Ok(v) => match v.get("kv_transfer_params") {
-                        Some(k) if k.is_object() => break k.clone(),
-                        _ => {
+                Ok(r) if r.status().is_success() => {
+                    match tokio::time::timeout(st.idle_timeout, r.json::<Value>())
+                        .await
+                        .map_err(|_| "no data within --upstream-idle-timeout".to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                    {
+                        Ok(v) => match v.get("kv_transfer_params") {
+                            Some(k) if k.is_object() => break k.clone(),
+                            _ => {
+                                st.metrics
+                                    .pd_prefill_failures
+                                    .fetch_add(1, Ordering::Relaxed);
+                                return Err(ApiError::new(
+                                    StatusCode::BAD_GATEWAY,
+                                    format!(
+                                        "prefill worker {} answered without kv_transfer_params \
+                                     (is it running with a KV connector, e.g. --kv-transfer-config NixlConnector?)",
+                                        pw.spec.url
+                                    ),
+                                ));
+                            }
+                        },
+                        Err(e) => {
                             st.metrics
                                 .pd_prefill_failures
                                 .fetch_add(1, Ordering::Relaxed);
                             return Err(ApiError::new(
                                 StatusCode::BAD_GATEWAY,
-                                format!(
-                                    "prefill worker {} answered without kv_transfer_params \
-                                     (is it running with a KV connector, e.g. --kv-transfer-config NixlConnector?)",
-                                    pw.spec.url
-                                ),
+                                format!("prefill worker {}: unreadable response: {e}", pw.spec.url),
                             ));
                         }
-                    },
-                    Err(e) => {
-                        st.metrics
-                            .pd_prefill_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        return Err(ApiError::new(
-                            StatusCode::BAD_GATEWAY,
-                            format!("prefill worker {}: unreadable response: {e}", pw.spec.url),
-                        ));
                     }
-                },
+                }
                 // A client error (bad request, prompt too long) is the client's answer.
                 Ok(r) => return Err(passthrough_error(r).await),
                 Err(e) => {
@@ -2417,7 +2477,21 @@ impl Relay {
         if self.done {
             return None;
         }
-        match self.upstream.next().await {
+        let idle = self.st.idle_timeout;
+        let next = match tokio::time::timeout(idle, self.upstream.next()).await {
+            Ok(n) => n.map(|r| r.map_err(|e| e.to_string())),
+            Err(_) => {
+                self.st
+                    .metrics
+                    .upstream_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                Some(Err(format!(
+                    "no data for {:.0} s (--upstream-idle-timeout)",
+                    idle.as_secs_f64()
+                )))
+            }
+        };
+        match next {
             Some(Ok(b)) => {
                 if self.first {
                     self.first = false;
@@ -2531,6 +2605,7 @@ struct Metrics {
     retries: AtomicU64,
     upstream_errors: AtomicU64,
     midstream_errors: AtomicU64,
+    upstream_timeouts: AtomicU64,
     events: AtomicU64,
     event_batches: AtomicU64,
     event_errors: AtomicU64,
@@ -2649,6 +2724,13 @@ async fn metrics(State(st): State<Arc<ServeState>>) -> Response {
         "Upstream failures after the first byte.",
         "",
         ld(&m.midstream_errors),
+    );
+    counter(
+        &mut out,
+        "switchyard_upstream_timeouts_total",
+        "Upstream answers that missed --upstream-first-byte-timeout or --upstream-idle-timeout.",
+        "",
+        ld(&m.upstream_timeouts),
     );
     counter(
         &mut out,

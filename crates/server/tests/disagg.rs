@@ -426,7 +426,8 @@ async fn clients_cannot_set_the_routers_pd_fields() {
                 for (k, v) in f.as_object().unwrap() {
                     body[k] = v.clone();
                 }
-                let (st, v, _) = post(&format!("{}/v1/completions", s.url()), &body.to_string()).await;
+                let (st, v, _) =
+                    post(&format!("{}/v1/completions", s.url()), &body.to_string()).await;
                 assert_eq!(st, 400, "{v}");
                 let param = v["error"]["param"].as_str().unwrap_or_default().to_string();
                 assert!(f.get(&param).is_some(), "names the field: {v}");

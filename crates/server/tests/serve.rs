@@ -485,3 +485,146 @@ async fn failures_before_the_first_byte_are_retried_elsewhere() {
         "{v}"
     );
 }
+
+const MODELS: &str = r#"{"object":"list","data":[{"id":"Qwen3-32B","object":"model"}]}"#;
+
+/// A wedged engine: answers its model list on a kept-alive connection, but a generation
+/// request gets nothing (`after_headers`: the headers and one SSE event, then nothing), and
+/// the socket stays open. With `stop_accepting`, only the first connection is ever accepted
+/// (an engine out of file descriptors): later connections wait in the kernel's backlog.
+async fn wedged_upstream(after_headers: bool, stop_accepting: bool) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                return;
+            };
+            held.push(tokio::spawn(async move {
+                let mut s = s;
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    if buf[..n].starts_with(b"GET") {
+                        let r = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{MODELS}",
+                            MODELS.len()
+                        );
+                        let _ = s.write_all(r.as_bytes()).await;
+                        continue;
+                    }
+                    if after_headers {
+                        let _ = s
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nf\r\ndata: {\"a\":1}\n\n\r\n",
+                            )
+                            .await;
+                    }
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+            }));
+            if stop_accepting {
+                // Keep serving the first connection; never accept again.
+                std::future::pending::<()>().await;
+            }
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_worker_times_out_and_the_request_goes_elsewhere() {
+    let wedged = wedged_upstream(false, false).await;
+    let good = worker(1e6, false).await;
+    let s = start_serve(&ServeArgs {
+        upstream_first_byte_timeout: 0.5,
+        ..args(vec![wedged.clone(), good.url()], "round-robin")
+    })
+    .await
+    .unwrap();
+    let t = Instant::now();
+    for _ in 0..4 {
+        let (st, v, h) = post(
+            &format!("{}/v1/completions", s.url()),
+            r#"{"model":"Qwen3-32B","prompt":"hi","max_tokens":1}"#,
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(h["x-switchyard-worker"], good.url().as_str());
+    }
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(metric(&s.url(), "switchyard_upstream_timeouts_total").await >= 1.0);
+    // Alone, the wedged worker gives a 502 after the timeout instead of hanging.
+    let s2 = start_serve(&ServeArgs {
+        upstream_first_byte_timeout: 0.5,
+        max_attempts: 1,
+        ..args(vec![wedged], "round-robin")
+    })
+    .await
+    .unwrap();
+    let (st, v, _) = post(
+        &format!("{}/v1/completions", s2.url()),
+        r#"{"model":"Qwen3-32B","prompt":"hi","max_tokens":1}"#,
+    )
+    .await;
+    assert_eq!(st, 502, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("within"),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stalls_ends_with_an_sse_error() {
+    let up = wedged_upstream(true, false).await;
+    let s = start_serve(&ServeArgs {
+        upstream_idle_timeout: 0.5,
+        ..args(vec![up], "round-robin")
+    })
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let r = client()
+        .post(format!("{}/v1/completions", s.url()))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"Qwen3-32B","prompt":"hi","stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let data = sse_data(&body);
+    assert_eq!(data[0], r#"{"a":1}"#);
+    let err: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no data for"),
+        "{body}"
+    );
+}
+
+/// The health check opens a fresh connection each time: a worker that stopped accepting
+/// connections is marked down even though an old pooled connection still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_accepting_fails_its_health_check() {
+    let up = wedged_upstream(false, true).await;
+    let s = start_serve(&args(vec![up], "round-robin")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    for want in [true, false] {
+        loop {
+            let j = workers_json(&s.url()).await;
+            if j["data"][0]["healthy"] == want {
+                break;
+            }
+            assert!(Instant::now() < deadline, "healthy != {want}: {j}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
