@@ -8,6 +8,7 @@
 //!   `switchyard_kv::wire`; the replay service itself is `replay_server`); [`kv_stream`]: sequence bookkeeping of one worker's stream.
 //! * [`openai`]: request parsing and OpenAI-style errors; [`tokenizer`]: default tokenizer.
 
+pub mod auth;
 pub mod events;
 pub mod kv_stream;
 pub mod openai;

@@ -30,6 +30,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use clap::Args;
@@ -50,6 +51,7 @@ use switchyard_route::{
 };
 use tokio::sync::{Notify, mpsc, watch};
 
+use crate::auth::{Keys, Secret, admin_only, require_key};
 use crate::events::{AbortOnDrop, request_replay, split_frames, subscribe_once_notify};
 use crate::kv_stream::{Batch, Cursor, IndexState, Live, Plan, fingerprint};
 use crate::openai::{ApiError, Endpoint, parse_request, read_body};
@@ -151,6 +153,43 @@ pub struct ServeArgs {
     /// (default: the one next to `--tokenizer`, else ChatML).
     #[arg(long, value_name = "PATH")]
     pub chat_template: Option<PathBuf>,
+    /// API key clients must send as `Authorization: Bearer KEY` on /v1/models, completions
+    /// and chat (repeatable, or comma-separated in $SWITCHYARD_API_KEY). Without any key the
+    /// API is open. /health and /ready never need one.
+    #[arg(
+        long = "api-key",
+        value_name = "KEY",
+        env = "SWITCHYARD_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<Secret>,
+    /// File of client API keys, one per line (`#` comments), in addition to --api-key.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Require a client API key on /metrics too.
+    #[arg(long)]
+    pub metrics_need_key: bool,
+    /// Key for the admin API (`/v1/workers`: list, add, remove workers), from any address.
+    /// Without one, the admin API answers loopback clients only. Repeatable, or
+    /// comma-separated in $SWITCHYARD_ADMIN_KEY.
+    #[arg(
+        long = "admin-key",
+        value_name = "KEY",
+        env = "SWITCHYARD_ADMIN_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub admin_keys: Vec<Secret>,
+    /// Key sent to the workers as `Authorization: Bearer KEY` (their `--api-key`), on
+    /// requests and health checks.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "SWITCHYARD_UPSTREAM_API_KEY",
+        hide_env_values = true
+    )]
+    pub upstream_api_key: Option<Secret>,
 }
 
 /// A positive, finite number of seconds from a flag (at most a day).
@@ -204,6 +243,11 @@ impl Default for ServeArgs {
             engine_metrics_interval: 0.0,
             tokenizer: None,
             chat_template: None,
+            api_keys: vec![],
+            api_key_file: None,
+            metrics_need_key: false,
+            admin_keys: vec![],
+            upstream_api_key: None,
         }
     }
 }
@@ -523,12 +567,17 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
         None => None,
     };
     let clustered = fanout.is_some() || discovery.is_some();
+    let client_keys = Keys::load(&args.api_keys, args.api_key_file.as_deref())?;
+    let admin_keys = Keys::load(&args.admin_keys, None)?;
+    let upstream_auth =
+        crate::auth::upstream_header(args.upstream_api_key.as_ref()).unwrap_or_default();
     let state = Arc::new(ServeState {
         workers: RwLock::new(Vec::new()),
         next_id: AtomicU64::new(0),
         router: SharedRouter::new(core),
         hasher,
         client: reqwest::Client::builder()
+            .default_headers(upstream_auth.clone())
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
@@ -536,6 +585,7 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
         // A fresh connection per probe: a worker that stopped accepting (wedged, out of file
         // descriptors) must fail its check, not pass on an old pooled connection.
         probe: reqwest::Client::builder()
+            .default_headers(upstream_auth)
             .timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(0)
             .build()?,
@@ -577,15 +627,25 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
     if let Some(rx) = predictions {
         tasks.push(tokio::spawn(apply_predictions(Arc::downgrade(&state), rx)));
     }
-    let app = Router::new()
+    let api = Router::new()
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
+        .route_layer(from_fn_with_state(client_keys.clone(), require_key));
+    let admin = Router::new()
         .route("/v1/workers", get(list_workers).post(add_worker))
         .route("/v1/workers/{id}", delete(remove_worker))
+        .route_layer(from_fn_with_state(admin_keys, admin_only));
+    let mut metrics_route = Router::new().route("/metrics", get(metrics));
+    if args.metrics_need_key {
+        metrics_route = metrics_route.route_layer(from_fn_with_state(client_keys, require_key));
+    }
+    let app = Router::new()
+        .merge(api)
+        .merge(admin)
+        .merge(metrics_route)
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
         .with_state(state.clone());
@@ -610,7 +670,11 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
         }
     });
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
     });
     Ok(ServeHandle {
         addr,

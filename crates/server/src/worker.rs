@@ -34,6 +34,7 @@ use switchyard_kv::{BlockHasher, KvEvent};
 use switchyard_sim::network::Network;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::{Keys, Secret, require_key};
 use crate::events::{EventPublisher, PublisherConfig, start_publisher};
 use crate::openai::{ApiError, Endpoint, ParsedRequest, parse_request, read_body};
 use crate::pd::{self, PullInfo, RemoteKv};
@@ -166,6 +167,21 @@ pub struct WorkerArgs {
     /// (default: the one next to `--tokenizer`, else ChatML).
     #[arg(long, value_name = "PATH")]
     pub chat_template: Option<PathBuf>,
+    /// API key callers must send as `Authorization: Bearer KEY` on /v1/* and the P/D side
+    /// channel (vLLM's `--api-key`; repeatable, or comma-separated in $SWITCHYARD_API_KEY).
+    /// The first key is also what this worker sends to its prefill peers, so a fleet shares
+    /// one. /health and /metrics stay open.
+    #[arg(
+        long = "api-key",
+        value_name = "KEY",
+        env = "SWITCHYARD_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<Secret>,
+    /// File of API keys, one per line (`#` comments), in addition to --api-key.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
 }
 
 impl Default for WorkerArgs {
@@ -201,6 +217,8 @@ impl Default for WorkerArgs {
             register_id: None,
             tokenizer: None,
             chat_template: None,
+            api_keys: vec![],
+            api_key_file: None,
         }
     }
 }
@@ -454,7 +472,9 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
             .map_or(0, |d| d.as_nanos() as u64),
         addr.port()
     );
+    let keys = Keys::load(&args.api_keys, args.api_key_file.as_deref())?;
     let client = reqwest::Client::builder()
+        .default_headers(crate::auth::upstream_header(keys.first().as_ref()).unwrap_or_default())
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .build()?;
@@ -507,7 +527,7 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
         was_busy: false,
     };
     let driver = tokio::spawn(driver.run(cmd_rx, args.speedup));
-    let app = worker_router(shared);
+    let app = worker_router(shared, keys);
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -545,15 +565,16 @@ fn connectable_endpoint(ep: &str, host: &str) -> String {
     }
 }
 
-fn worker_router(shared: Arc<Shared>) -> Router {
+fn worker_router(shared: Arc<Shared>, keys: Keys) -> Router {
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
-        .route("/health", get(|| async { StatusCode::OK }))
-        .route("/metrics", get(metrics))
         .route(crate::pd::PULL_PATH, post(kv_pull))
         .route(crate::pd::RELEASE_PATH, post(kv_release))
+        .route_layer(axum::middleware::from_fn_with_state(keys, require_key))
+        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
         .with_state(shared)

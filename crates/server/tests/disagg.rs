@@ -445,3 +445,42 @@ async fn clients_cannot_set_the_routers_pd_fields() {
     let accepted = tokio::time::timeout(Duration::from_millis(100), trap.accept()).await;
     assert!(accepted.is_err(), "a worker connected to the client's host");
 }
+
+/// Workers started with an API key: serve sends it upstream, and the decode worker sends it
+/// to the prefill worker's side channel (which refuses callers without it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_prefill_and_decode_workers() {
+    let key = |a: &mut WorkerArgs| a.api_keys = vec!["sk-fleet".parse().unwrap()];
+    let p = role_worker(Role::Prefill, 1e6, key).await;
+    let d = role_worker(Role::Decode, 1e6, key).await;
+    let (st, _, _) = post(
+        &format!("{}{}", p.url(), switchyard_server::pd::PULL_PATH),
+        r#"{"key":"x"}"#,
+    )
+    .await;
+    assert_eq!(st, 401, "side channel without the key");
+    let s = start_serve(&ServeArgs {
+        upstream_api_key: Some("sk-fleet".parse().unwrap()),
+        ..serve_args(
+            vec![
+                format!("{},role=prefill", p.url()),
+                format!("{},role=decode", d.url()),
+            ],
+            PdProtocol::Vllm,
+        )
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&format!("{}/ready", s.url())).await.0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (st, v, h) = post(
+        &format!("{}/v1/completions", s.url()),
+        &completion(1, 2000, 2, false),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(h["x-switchyard-placement"], "remote");
+}

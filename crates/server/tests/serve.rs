@@ -628,3 +628,181 @@ async fn a_worker_that_stops_accepting_fails_its_health_check() {
         }
     }
 }
+
+async fn send(
+    method: reqwest::Method,
+    url: &str,
+    key: Option<&str>,
+    content_type: &str,
+    body: &str,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut r = client()
+        .request(method, url)
+        .header("content-type", content_type)
+        .body(body.to_string());
+    if let Some(k) = key {
+        r = r.bearer_auth(k);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        headers,
+    )
+}
+
+const HI: &str = r#"{"model":"Qwen3-32B","prompt":"hi","max_tokens":1}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_keys_guard_the_api_and_probes_stay_open() {
+    use reqwest::Method;
+    let w = worker(1e6, false).await;
+    let s = start_serve(&ServeArgs {
+        api_keys: vec!["sk-one".parse().unwrap(), "sk-two".parse().unwrap()],
+        metrics_need_key: true,
+        ..args(vec![w.url()], "round-robin")
+    })
+    .await
+    .unwrap();
+    let url = format!("{}/v1/completions", s.url());
+    for key in [None, Some("sk-three"), Some("sk-on")] {
+        let (st, v, h) = send(Method::POST, &url, key, "application/json", HI).await;
+        assert_eq!(st, 401, "{key:?}: {v}");
+        assert_eq!(h["www-authenticate"], "Bearer");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    }
+    for key in ["sk-one", "sk-two"] {
+        let (st, v, _) = send(Method::POST, &url, Some(key), "application/json", HI).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let models = format!("{}/v1/models", s.url());
+    assert_eq!(send(Method::GET, &models, None, "", "").await.0, 401);
+    assert_eq!(get(&format!("{}/health", s.url())).await.0, 200);
+    assert_eq!(get(&format!("{}/ready", s.url())).await.0, 200);
+    let m = format!("{}/metrics", s.url());
+    assert_eq!(send(Method::GET, &m, None, "", "").await.0, 401);
+    assert_eq!(send(Method::GET, &m, Some("sk-one"), "", "").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_needs_loopback_or_the_admin_key_and_json() {
+    use reqwest::Method;
+    let w = worker(1e6, false).await;
+    let w2 = worker(1e6, false).await;
+    let add = serde_json::json!({"url": w2.url()}).to_string();
+    // Default: loopback only, JSON only (a cross-site form post is text/plain).
+    let s = start_serve(&ServeArgs {
+        host: "0.0.0.0".into(),
+        ..args(vec![w.url()], "round-robin")
+    })
+    .await
+    .unwrap();
+    let port = s.url().rsplit(':').next().unwrap().to_string();
+    let workers = format!("http://127.0.0.1:{port}/v1/workers");
+    let (st, v, _) = send(Method::POST, &workers, None, "text/plain", &add).await;
+    assert_eq!(st, 415, "{v}");
+    let (st, v, _) = send(Method::POST, &workers, None, "application/json", &add).await;
+    assert_eq!(st, 201, "{v}");
+    // From a non-loopback address of this machine, when it has one.
+    let udp = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let outside = udp
+        .connect("192.0.2.1:9")
+        .ok()
+        .and_then(|_| udp.local_addr().ok())
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    match outside {
+        Some(ip) => {
+            let remote = format!("http://{ip}:{port}/v1/workers");
+            let (st, v, _) = send(Method::POST, &remote, None, "application/json", &add).await;
+            assert_eq!(st, 403, "{v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("--admin-key")
+            );
+            assert_eq!(send(Method::GET, &remote, None, "", "").await.0, 403);
+            // The user API is not the admin API.
+            let (st, v, _) = send(
+                Method::POST,
+                &format!("http://{ip}:{port}/v1/completions"),
+                None,
+                "application/json",
+                HI,
+            )
+            .await;
+            assert_eq!(st, 200, "{v}");
+        }
+        None => eprintln!("SKIPPED part: no non-loopback address to test the loopback rule from"),
+    }
+    // With an admin key: required from anywhere, loopback included; client keys do not do.
+    let s = start_serve(&ServeArgs {
+        admin_keys: vec!["adm".parse().unwrap()],
+        api_keys: vec!["sk-user".parse().unwrap()],
+        ..args(vec![w.url()], "round-robin")
+    })
+    .await
+    .unwrap();
+    let workers = format!("{}/v1/workers", s.url());
+    for key in [None, Some("sk-user")] {
+        let (st, v, _) = send(Method::POST, &workers, key, "application/json", &add).await;
+        assert_eq!(st, 401, "{key:?}: {v}");
+    }
+    let (st, v, _) = send(
+        Method::POST,
+        &workers,
+        Some("adm"),
+        "application/json",
+        &add,
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    let one = format!("{workers}/{id}");
+    assert_eq!(send(Method::DELETE, &one, None, "", "").await.0, 401);
+    assert_eq!(send(Method::DELETE, &one, Some("adm"), "", "").await.0, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_workers_need_serves_upstream_key() {
+    use switchyard_server::worker::{WorkerArgs, start_worker};
+    let w = start_worker(
+        &WorkerArgs {
+            speedup: 1e6,
+            api_keys: vec!["sk-fleet".parse().unwrap()],
+            ..WorkerArgs::default()
+        },
+        engine_cfg(),
+    )
+    .await
+    .unwrap();
+    let (st, _, _) = post(&format!("{}/v1/completions", w.url()), HI).await;
+    assert_eq!(st, 401, "the worker itself is guarded");
+    assert_eq!(get(&format!("{}/health", w.url())).await.0, 200);
+    // Without the key serve never sees it healthy; with it, requests flow.
+    let s = start_serve(&args(vec![w.url()], "round-robin"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (st, v, _) = post(&format!("{}/v1/completions", s.url()), HI).await;
+    assert_eq!(st, 503, "{v}");
+    let s = start_serve(&ServeArgs {
+        upstream_api_key: Some("sk-fleet".parse().unwrap()),
+        ..args(vec![w.url()], "round-robin")
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (st, v, _) = post(&format!("{}/v1/completions", s.url()), HI).await;
+        if st == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{st} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
