@@ -301,17 +301,14 @@ fn records_and_summary_roundtrip_through_json() {
 /// (with a message) when no `chromium` is installed.
 #[test]
 fn chromium_parses_the_report() {
-    let Ok(out) = std::process::Command::new("chromium")
-        .arg("--version")
-        .output()
-    else {
-        eprintln!("chromium not installed; skipping");
+    let Some(chromium) = switchyard_testkit::chromium() else {
+        switchyard_testkit::skip(
+            "metrics report: chromium_parses_the_report",
+            "no chromium on PATH",
+            "bash scripts/test.sh (installs Debian's chromium)",
+        );
         return;
     };
-    if !out.status.success() {
-        eprintln!("chromium not usable; skipping");
-        return;
-    }
     let f = fixture();
     let html = render_html(
         "browser",
@@ -332,7 +329,7 @@ fn chromium_parses_the_report() {
     let path = dir.path().join("report.html");
     std::fs::write(&path, html).unwrap();
     let profile = dir.path().join("profile");
-    let out = std::process::Command::new("chromium")
+    let out = std::process::Command::new(chromium)
         .args([
             "--headless",
             "--no-sandbox",
