@@ -181,6 +181,15 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub admin_keys: Vec<Secret>,
+    /// Most workers the registry holds (flags, admin API and discovery together); a
+    /// registration beyond it is refused.
+    #[arg(long, default_value_t = DEFAULT_MAX_WORKERS)]
+    pub max_workers: usize,
+    /// Seconds a worker added through the admin API may stay unhealthy (or never become
+    /// healthy) before it is dropped from the registry. Workers from --worker flags and
+    /// --config stay (they are the deployment); discovered ones follow their etcd lease.
+    #[arg(long, default_value_t = DEFAULT_DROP_UNHEALTHY_S, value_name = "SECS")]
+    pub drop_unhealthy_after: f64,
     /// Key sent to the workers as `Authorization: Bearer KEY` (their `--api-key`), on
     /// requests and health checks.
     #[arg(
@@ -200,6 +209,11 @@ fn timeout_arg(flag: &str, secs: f64) -> anyhow::Result<Duration> {
     );
     Ok(Duration::from_secs_f64(secs))
 }
+
+/// Default of `--max-workers`.
+pub const DEFAULT_MAX_WORKERS: usize = 1024;
+/// Default of `--drop-unhealthy-after`.
+pub const DEFAULT_DROP_UNHEALTHY_S: f64 = 600.0;
 
 /// Default of `--upstream-first-byte-timeout`: long enough for a non-streamed generation of
 /// several thousand tokens.
@@ -248,6 +262,8 @@ impl Default for ServeArgs {
             metrics_need_key: false,
             admin_keys: vec![],
             upstream_api_key: None,
+            max_workers: DEFAULT_MAX_WORKERS,
+            drop_unhealthy_after: DEFAULT_DROP_UNHEALTHY_S,
         }
     }
 }
@@ -316,6 +332,22 @@ impl WorkerSpec {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Err(format!(
                 "worker URL must start with http:// or https:// (got {:?})",
+                self.url
+            ));
+        }
+        if self.url.len() > 2048 {
+            return Err("worker URL is longer than 2048 bytes".into());
+        }
+        let u = reqwest::Url::parse(&self.url)
+            .map_err(|e| format!("worker URL {:?} is not a URL: {e}", self.url))?;
+        if u.host_str().is_none_or(str::is_empty)
+            || !u.username().is_empty()
+            || u.password().is_some()
+            || u.query().is_some()
+            || u.fragment().is_some()
+        {
+            return Err(format!(
+                "worker URL {:?} must be scheme://host[:port][/path], without credentials, query or fragment",
                 self.url
             ));
         }
@@ -599,6 +631,8 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
             args.upstream_first_byte_timeout,
         )?,
         idle_timeout: timeout_arg("--upstream-idle-timeout", args.upstream_idle_timeout)?,
+        max_workers: args.max_workers,
+        drop_unhealthy_after: timeout_arg("--drop-unhealthy-after", args.drop_unhealthy_after)?,
         pd_protocol: args.pd_protocol,
         rng: Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::from_os_rng()),
         share_predictions: router_cfg.kv_feed != KvFeed::Events,
@@ -618,7 +652,10 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
         },
     });
     for s in specs {
-        state.add_worker(s).await;
+        if let Some(e) = state.refuse_registration(&s.url) {
+            anyhow::bail!("--worker {}: {}", s.url, e.message);
+        }
+        state.add_worker(s, false).await;
     }
     let mut tasks = Vec::new();
     if let Some(d) = discovery {
@@ -667,6 +704,7 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
             let ws: Vec<_> = st.workers.read().map(|w| w.clone()).unwrap_or_default();
             let checks = ws.iter().map(|w| st.check(w));
             futures_util::future::join_all(checks).await;
+            st.drop_long_unhealthy();
         }
     });
     let server = tokio::spawn(async move {
@@ -710,6 +748,10 @@ struct WorkerEntry {
     max_rank: AtomicU32,
     /// The etcd record id, for workers that came from `--discovery`.
     discovered_as: Option<String>,
+    /// Added through the admin API (dropped after staying unhealthy too long).
+    runtime: bool,
+    /// Since when it has been failing health checks (ms since the state's start; 0 = healthy).
+    unhealthy_since_ms: AtomicU64,
 }
 
 impl WorkerEntry {
@@ -742,6 +784,8 @@ struct ServeState {
     max_body: usize,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
+    max_workers: usize,
+    drop_unhealthy_after: Duration,
     pd_protocol: PdProtocol,
     /// Bootstrap rooms (SGLang).
     rng: Mutex<rand::rngs::StdRng>,
@@ -804,10 +848,62 @@ impl ServeState {
         self.t0.elapsed().as_secs_f64()
     }
 
-    async fn add_worker(self: &Arc<Self>, spec: WorkerSpec) -> Arc<WorkerEntry> {
-        let w = self.insert_worker(spec, None);
+    async fn add_worker(self: &Arc<Self>, spec: WorkerSpec, runtime: bool) -> Arc<WorkerEntry> {
+        let w = self.insert_worker(spec, None, runtime);
         self.check(&w).await;
         w
+    }
+
+    /// Why a new registration of `url` is refused, if it is: already registered, or the
+    /// registry is full.
+    fn refuse_registration(&self, url: &str) -> Option<ApiError> {
+        let ws = self.workers.read().ok()?;
+        if let Some(w) = ws.iter().find(|w| w.spec.url == url) {
+            return Some(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("worker {url} is already registered (id {})", w.id),
+            ));
+        }
+        (ws.len() >= self.max_workers).then(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "the worker registry is full ({} workers, --max-workers)",
+                    self.max_workers
+                ),
+            )
+        })
+    }
+
+    /// Drop workers added through the admin API that have failed their health checks for
+    /// longer than `--drop-unhealthy-after`.
+    fn drop_long_unhealthy(&self) {
+        let now = self.ms();
+        let limit = self.drop_unhealthy_after.as_millis() as u64;
+        let stale: Vec<u64> = self
+            .workers
+            .read()
+            .map(|ws| {
+                ws.iter()
+                    .filter(|w| w.runtime)
+                    .filter(|w| {
+                        let since = w.unhealthy_since_ms.load(Ordering::Relaxed);
+                        since != 0 && now.saturating_sub(since) >= limit
+                    })
+                    .map(|w| w.id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in stale {
+            if self.remove_worker(id) {
+                self.metrics.workers_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Milliseconds since this state was created, at least 1 (0 marks "not set").
+    fn ms(&self) -> u64 {
+        (self.t0.elapsed().as_millis() as u64).max(1)
     }
 
     /// Register a worker: listed at once, routed once a health check passes (it starts
@@ -816,6 +912,7 @@ impl ServeState {
         self: &Arc<Self>,
         spec: WorkerSpec,
         discovered_as: Option<String>,
+        runtime: bool,
     ) -> Arc<WorkerEntry> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let w = Arc::new(WorkerEntry {
@@ -835,6 +932,8 @@ impl ServeState {
             index_state: AtomicU8::new(IndexState::Pending as u8),
             max_rank: AtomicU32::new(0),
             discovered_as,
+            runtime,
+            unhealthy_since_ms: AtomicU64::new(self.ms()),
         });
         self.router.lock().add_worker(w.key());
         if let Some(ep) = w.spec.kv_events.clone() {
@@ -866,22 +965,14 @@ impl ServeState {
                     role: rec.role.as_str().to_string(),
                     bootstrap_port: None,
                 };
-                let dup = self
-                    .workers
-                    .read()
-                    .map(|ws| {
-                        ws.iter()
-                            .any(|w| w.spec.url == spec.url && w.discovered_as.is_none())
-                    })
-                    .unwrap_or(false);
-                if dup {
+                if let Some(e) = self.refuse_registration(&spec.url) {
                     eprintln!(
-                        "switchyard serve: etcd worker {} ({}) is already configured; keeping the existing entry",
-                        rec.id, spec.url
+                        "switchyard serve: etcd worker {} ({}) not added: {}",
+                        rec.id, spec.url, e.message
                     );
                     return;
                 }
-                let w = self.insert_worker(spec, Some(rec.id.clone()));
+                let w = self.insert_worker(spec, Some(rec.id.clone()), false);
                 self.lock_discovered().insert(rec.id.clone(), w.id);
                 self.cluster.joins.fetch_add(1, Ordering::Relaxed);
                 eprintln!(
@@ -1041,6 +1132,7 @@ impl ServeState {
         };
         match models {
             Some(m) => {
+                w.unhealthy_since_ms.store(0, Ordering::Relaxed);
                 if let Ok(mut g) = w.models.lock() {
                     *g = m;
                 }
@@ -1052,7 +1144,15 @@ impl ServeState {
                     w.reconnect.notify_one();
                 }
             }
-            None => w.healthy.store(false, Ordering::Relaxed),
+            None => {
+                w.healthy.store(false, Ordering::Relaxed);
+                let _ = w.unhealthy_since_ms.compare_exchange(
+                    0,
+                    self.ms(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
         }
     }
 
@@ -1830,7 +1930,10 @@ async fn add_worker(State(st): State<Arc<ServeState>>, body: Bytes) -> Response 
     if let Err(e) = spec.validate() {
         return ApiError::bad(e).into_response();
     }
-    let w = st.add_worker(spec).await;
+    if let Some(e) = st.refuse_registration(&spec.url) {
+        return e.into_response();
+    }
+    let w = st.add_worker(spec, true).await;
     (StatusCode::CREATED, axum::Json(worker_json(&st, &w))).into_response()
 }
 
@@ -2670,6 +2773,7 @@ struct Metrics {
     upstream_errors: AtomicU64,
     midstream_errors: AtomicU64,
     upstream_timeouts: AtomicU64,
+    workers_dropped: AtomicU64,
     events: AtomicU64,
     event_batches: AtomicU64,
     event_errors: AtomicU64,
@@ -2795,6 +2899,13 @@ async fn metrics(State(st): State<Arc<ServeState>>) -> Response {
         "Upstream answers that missed --upstream-first-byte-timeout or --upstream-idle-timeout.",
         "",
         ld(&m.upstream_timeouts),
+    );
+    counter(
+        &mut out,
+        "switchyard_workers_dropped_total",
+        "Admin-API workers dropped after failing health checks for --drop-unhealthy-after.",
+        "",
+        ld(&m.workers_dropped),
     );
     counter(
         &mut out,

@@ -810,3 +810,72 @@ async fn keyed_workers_need_serves_upstream_key() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The registry deduplicates, validates, caps, and forgets admin-added workers that stay
+/// down, while the deployment's own (--worker) entries stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_registry_has_limits() {
+    let w = worker(1e6, false).await;
+    let dead_static = format!("http://127.0.0.1:{}", free_port());
+    let s = start_serve(&ServeArgs {
+        max_workers: 3,
+        drop_unhealthy_after: 0.5,
+        ..args(vec![w.url(), dead_static.clone()], "round-robin")
+    })
+    .await
+    .unwrap();
+    let add = |url: String| {
+        let base = s.url();
+        async move {
+            post(
+                &format!("{base}/v1/workers"),
+                &serde_json::json!({ "url": url }).to_string(),
+            )
+            .await
+        }
+    };
+    let (st, v, _) = add(format!("{}/", w.url())).await;
+    assert_eq!(st, 409, "duplicate: {v}");
+    for bad in [
+        "http://user:pw@127.0.0.1:1",
+        "http://127.0.0.1:1/?q=1",
+        "http://",
+        "ftp://127.0.0.1:1",
+    ] {
+        let (st, v, _) = add(bad.to_string()).await;
+        assert_eq!(st, 400, "{bad}: {v}");
+    }
+    let dead_runtime = format!("http://127.0.0.1:{}", free_port());
+    let (st, v, _) = add(dead_runtime.clone()).await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v, _) = add(format!("http://127.0.0.1:{}", free_port())).await;
+    assert_eq!(st, 429, "full: {v}");
+    // The admin-added dead worker goes; the configured dead one stays.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let j = workers_json(&s.url()).await;
+        let urls: Vec<&str> = j["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["url"].as_str().unwrap())
+            .collect();
+        if !urls.contains(&dead_runtime.as_str()) {
+            assert!(urls.contains(&dead_static.as_str()), "{urls:?}");
+            assert_eq!(urls.len(), 2, "{urls:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never dropped: {urls:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        metric(&s.url(), "switchyard_workers_dropped_total").await,
+        1.0
+    );
+    // Duplicate flags are refused at start.
+    let e = start_serve(&args(vec![w.url(), w.url()], "round-robin"))
+        .await
+        .err()
+        .expect("duplicate --worker refused");
+    assert!(e.to_string().contains("already registered"), "{e}");
+}
