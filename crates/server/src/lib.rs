@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod events;
+pub mod http;
 pub mod kv_stream;
 pub mod openai;
 pub mod pd;

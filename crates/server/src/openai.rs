@@ -43,6 +43,7 @@ impl ApiError {
         match self.status.as_u16() {
             404 => "not_found_error",
             413 => "request_too_large",
+            429 => "rate_limit_error",
             500..=599 => "server_error",
             _ => "invalid_request_error",
         }

@@ -53,6 +53,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::auth::{Keys, Secret, admin_only, require_key};
 use crate::events::{AbortOnDrop, request_replay, split_frames, subscribe_once_notify};
+use crate::http::{ConnLimits, Slot, hold_until_sent};
 use crate::kv_stream::{Batch, Cursor, IndexState, Live, Plan, fingerprint};
 use crate::openai::{ApiError, Endpoint, parse_request, read_body};
 use crate::tokenizer::Tokenization;
@@ -181,6 +182,29 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub admin_keys: Vec<Secret>,
+    /// Most client connections open at once (more are closed on accept). 0: the open-file
+    /// limit (raised to its hard limit at start) minus a quarter for upstream connections.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+    /// Seconds a client connection may take to send a request's headers, counted from when
+    /// the server starts waiting for them (so also the idle time allowed between keep-alive
+    /// requests).
+    #[arg(long, default_value_t = DEFAULT_HEADER_TIMEOUT_S, value_name = "SECS")]
+    pub header_timeout: f64,
+    /// Most generation requests in flight through this frontend; beyond it clients get 429
+    /// with `Retry-After` at once instead of queueing.
+    #[arg(long, default_value_t = DEFAULT_MAX_INFLIGHT)]
+    pub max_inflight: u64,
+    /// Most requests in flight on one worker; a full worker is not a candidate, and when
+    /// every worker is full clients get 429 with `Retry-After`. Set it near what a worker
+    /// serves well (its `max_num_seqs` plus a short queue) to keep admitted requests fast
+    /// under overload.
+    #[arg(long, default_value_t = DEFAULT_MAX_INFLIGHT_PER_WORKER)]
+    pub max_inflight_per_worker: u64,
+    /// On SIGTERM/Ctrl-C: seconds to let requests in flight finish (readiness fails and the
+    /// listener closes first). A second signal exits at once.
+    #[arg(long, default_value_t = DEFAULT_DRAIN_TIMEOUT_S, value_name = "SECS")]
+    pub drain_timeout: f64,
     /// Most workers the registry holds (flags, admin API and discovery together); a
     /// registration beyond it is refused.
     #[arg(long, default_value_t = DEFAULT_MAX_WORKERS)]
@@ -209,6 +233,16 @@ fn timeout_arg(flag: &str, secs: f64) -> anyhow::Result<Duration> {
     );
     Ok(Duration::from_secs_f64(secs))
 }
+
+/// Default of `--header-timeout` (serve and worker).
+pub const DEFAULT_HEADER_TIMEOUT_S: f64 = 30.0;
+/// Default of `--max-inflight`.
+pub const DEFAULT_MAX_INFLIGHT: u64 = 4096;
+/// Default of `--max-inflight-per-worker` (vLLM's `max_num_seqs` on large GPUs).
+pub const DEFAULT_MAX_INFLIGHT_PER_WORKER: u64 = 1024;
+
+/// Default of `--drain-timeout` (serve and worker): Kubernetes' default grace period is 30 s.
+pub const DEFAULT_DRAIN_TIMEOUT_S: f64 = 25.0;
 
 /// Default of `--max-workers`.
 pub const DEFAULT_MAX_WORKERS: usize = 1024;
@@ -263,6 +297,11 @@ impl Default for ServeArgs {
             admin_keys: vec![],
             upstream_api_key: None,
             max_workers: DEFAULT_MAX_WORKERS,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT_S,
+            max_connections: 0,
+            header_timeout: DEFAULT_HEADER_TIMEOUT_S,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            max_inflight_per_worker: DEFAULT_MAX_INFLIGHT_PER_WORKER,
             drop_unhealthy_after: DEFAULT_DROP_UNHEALTHY_S,
         }
     }
@@ -391,7 +430,7 @@ fn role_name(r: Role) -> &'static str {
 pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let h = start_serve(&args).await?;
+        let mut h = start_serve(&args).await?;
         eprintln!(
             "switchyard serve: http://{} ({} workers, policy {})",
             h.addr,
@@ -420,7 +459,28 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 f.replica_id()
             );
         }
+        eprintln!(
+            "  limits: {} client connections, {} s for headers/idle keep-alive, {} requests in flight ({} per worker)",
+            h.limits.max_connections,
+            h.limits.header_timeout.as_secs_f64(),
+            args.max_inflight,
+            args.max_inflight_per_worker
+        );
         shutdown_signal().await;
+        let timeout = timeout_arg("--drain-timeout", args.drain_timeout)?;
+        eprintln!(
+            "switchyard serve: draining ({} in flight, up to {} s; signal again to exit now)",
+            h.inflight(),
+            args.drain_timeout
+        );
+        tokio::select! {
+            done = h.drain(timeout) => {
+                if !done {
+                    eprintln!("switchyard serve: drain timeout; exiting with requests in flight");
+                }
+            }
+            _ = shutdown_signal() => eprintln!("switchyard serve: second signal; exiting now"),
+        }
         Ok(())
     })
 }
@@ -453,6 +513,9 @@ pub(crate) async fn shutdown_signal() {
 /// A running frontend.
 pub struct ServeHandle {
     pub addr: SocketAddr,
+    /// The client connection limits in force (resolved defaults).
+    pub limits: ConnLimits,
+    shutdown: watch::Sender<bool>,
     /// Simulated workers started from a deployment file.
     pub local_workers: Vec<WorkerHandle>,
     state: Arc<ServeState>,
@@ -464,6 +527,26 @@ pub struct ServeHandle {
 impl ServeHandle {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Graceful shutdown: `/ready` turns 503 at once, the listener closes, requests in flight
+    /// finish (up to `timeout`); then background tasks stop. Returns whether everything in
+    /// flight finished in time.
+    pub async fn drain(&mut self, timeout: Duration) -> bool {
+        self.state.draining.store(true, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+        let done = tokio::time::timeout(timeout, &mut self.server)
+            .await
+            .is_ok();
+        for w in &mut self.local_workers {
+            w.drain(timeout).await;
+        }
+        done
+    }
+
+    /// Requests in flight through this frontend.
+    pub fn inflight(&self) -> u64 {
+        self.state.inflight.load(Ordering::Relaxed)
     }
 
     /// The replica id used on NATS (with `--nats`).
@@ -631,7 +714,11 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
             args.upstream_first_byte_timeout,
         )?,
         idle_timeout: timeout_arg("--upstream-idle-timeout", args.upstream_idle_timeout)?,
+        draining: AtomicBool::new(false),
         max_workers: args.max_workers,
+        inflight: Arc::new(AtomicU64::new(0)),
+        max_inflight: args.max_inflight.max(1),
+        max_inflight_per_worker: args.max_inflight_per_worker.max(1),
         drop_unhealthy_after: timeout_arg("--drop-unhealthy-after", args.drop_unhealthy_after)?,
         pd_protocol: args.pd_protocol,
         rng: Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::from_os_rng()),
@@ -707,14 +794,19 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
             st.drop_long_unhealthy();
         }
     });
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await;
-    });
+    let fd_limit = crate::http::raise_fd_limit();
+    let limits = ConnLimits {
+        max_connections: match args.max_connections {
+            0 => crate::http::default_max_connections(fd_limit),
+            n => n,
+        },
+        header_timeout: timeout_arg("--header-timeout", args.header_timeout)?,
+    };
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let server = tokio::spawn(crate::http::serve(listener, app, limits, shutdown_rx));
     Ok(ServeHandle {
+        limits,
+        shutdown,
         addr,
         local_workers: local,
         state,
@@ -750,6 +842,8 @@ struct WorkerEntry {
     discovered_as: Option<String>,
     /// Added through the admin API (dropped after staying unhealthy too long).
     runtime: bool,
+    /// Requests in flight on it through this frontend.
+    inflight: Arc<AtomicU64>,
     /// Since when it has been failing health checks (ms since the state's start; 0 = healthy).
     unhealthy_since_ms: AtomicU64,
 }
@@ -784,8 +878,14 @@ struct ServeState {
     max_body: usize,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
+    /// Shutting down: `/ready` answers 503.
+    draining: AtomicBool,
     max_workers: usize,
     drop_unhealthy_after: Duration,
+    /// Generation requests in flight through this frontend, and the bounds.
+    inflight: Arc<AtomicU64>,
+    max_inflight: u64,
+    max_inflight_per_worker: u64,
     pd_protocol: PdProtocol,
     /// Bootstrap rooms (SGLang).
     rng: Mutex<rand::rngs::StdRng>,
@@ -824,6 +924,7 @@ struct Cluster {
 struct Booking {
     guard: RouteGuard,
     _shared: Option<SharedInflight>,
+    _slot: Slot,
 }
 
 impl Booking {
@@ -933,6 +1034,7 @@ impl ServeState {
             max_rank: AtomicU32::new(0),
             discovered_as,
             runtime,
+            inflight: Arc::new(AtomicU64::new(0)),
             unhealthy_since_ms: AtomicU64::new(self.ms()),
         });
         self.router.lock().add_worker(w.key());
@@ -1088,6 +1190,7 @@ impl ServeState {
         Booking {
             guard,
             _shared: shared,
+            _slot: Slot::take(&w.inflight),
         }
     }
 
@@ -1229,6 +1332,11 @@ impl ServeState {
                 Err(format!("worker {}: {e}", w.spec.url))
             }
         }
+    }
+
+    /// The worker is below `--max-inflight-per-worker`.
+    fn has_room(&self, w: &WorkerEntry) -> bool {
+        w.inflight.load(Ordering::Relaxed) < self.max_inflight_per_worker
     }
 
     /// Circuit breaker: a worker failing every request leaves the candidate set until its
@@ -1970,7 +2078,12 @@ async fn ready(State(st): State<Arc<ServeState>>) -> Response {
     // Warm-up gates readiness only for replicas of a fleet (`--discovery`/`--nats`): the
     // others take the traffic meanwhile. A lone frontend serves at once.
     let warm = st.is_warm();
-    let (ok, reason) = if ok && st.cluster.clustered && !warm {
+    let (ok, reason) = if st.draining.load(Ordering::Relaxed) {
+        (
+            false,
+            "draining: shutting down, finishing the requests in flight",
+        )
+    } else if ok && st.cluster.clustered && !warm {
         (
             false,
             "warming up: reading the membership, subscribing to the workers' KV events and replaying them",
@@ -2046,13 +2159,32 @@ async fn chat(State(st): State<Arc<ServeState>>, body: Body) -> Response {
 
 async fn proxy(st: Arc<ServeState>, ep: Endpoint, body: Body) -> Response {
     let start = Instant::now();
+    let Some(slot) = Slot::try_take(&st.inflight, st.max_inflight) else {
+        st.metrics.count_status(429);
+        return too_busy(format!(
+            "this frontend has {} requests in flight (--max-inflight); retry shortly",
+            st.max_inflight
+        ));
+    };
     let r = match read_body(body, st.max_body).await {
         Ok(body) => proxy_inner(&st, ep, body, start).await,
         Err(e) => Err(e),
     };
-    let resp = r.unwrap_or_else(IntoResponse::into_response);
+    let mut resp = r.unwrap_or_else(IntoResponse::into_response);
+    if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     st.metrics.count_status(resp.status().as_u16());
-    resp
+    hold_until_sent(resp, slot)
+}
+
+/// 429 with `Retry-After`, OpenAI-style body.
+fn too_busy(msg: String) -> Response {
+    let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, msg).into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 async fn proxy_inner(
@@ -2069,18 +2201,33 @@ async fn proxy_inner(
         .with_param(field));
     }
     let disagg = st.is_disaggregated();
+    let full = std::sync::atomic::AtomicUsize::new(0);
     let healthy = |role: &str| -> Vec<Arc<WorkerEntry>> {
         st.workers
             .read()
             .map(|ws| {
                 ws.iter()
                     .filter(|w| w.spec.role == role && w.healthy.load(Ordering::Relaxed))
+                    .filter(|w| {
+                        let room = st.has_room(w);
+                        full.fetch_add(usize::from(!room), Ordering::Relaxed);
+                        room
+                    })
                     .cloned()
                     .collect()
             })
             .unwrap_or_default()
     };
     let candidates = healthy(if disagg { "decode" } else { "aggregated" });
+    if candidates.is_empty() && full.load(Ordering::Relaxed) > 0 {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "every worker has {} requests in flight (--max-inflight-per-worker); retry shortly",
+                st.max_inflight_per_worker
+            ),
+        ));
+    }
     if candidates.is_empty() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

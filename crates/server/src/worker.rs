@@ -182,6 +182,18 @@ pub struct WorkerArgs {
     /// File of API keys, one per line (`#` comments), in addition to --api-key.
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
+    /// Most client connections open at once (more are closed on accept). 0: the open-file
+    /// limit (raised to its hard limit at start) minus a quarter.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+    /// Seconds a connection may take to send a request's headers, idle keep-alive time
+    /// included.
+    #[arg(long, default_value_t = crate::serve::DEFAULT_HEADER_TIMEOUT_S, value_name = "SECS")]
+    pub header_timeout: f64,
+    /// On SIGTERM/Ctrl-C: seconds to let requests in flight finish, after deregistering from
+    /// etcd (with --register) and closing the listener. A second signal exits at once.
+    #[arg(long, default_value_t = crate::serve::DEFAULT_DRAIN_TIMEOUT_S, value_name = "SECS")]
+    pub drain_timeout: f64,
 }
 
 impl Default for WorkerArgs {
@@ -219,6 +231,9 @@ impl Default for WorkerArgs {
             chat_template: None,
             api_keys: vec![],
             api_key_file: None,
+            max_connections: 0,
+            header_timeout: crate::serve::DEFAULT_HEADER_TIMEOUT_S,
+            drain_timeout: crate::serve::DEFAULT_DRAIN_TIMEOUT_S,
         }
     }
 }
@@ -283,9 +298,27 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             None => None,
         };
         crate::serve::shutdown_signal().await;
-        if let Some(reg) = reg {
-            // Revoke: frontends drop this worker now instead of after the lease TTL.
-            reg.shutdown().await;
+        let mut h = h;
+        let drain = async {
+            if let Some(reg) = reg {
+                // Revoke first: frontends stop sending here now instead of after the lease
+                // TTL, while what they already sent finishes.
+                reg.shutdown().await;
+            }
+            h.drain(Duration::from_secs_f64(args.drain_timeout.clamp(0.0, 86_400.0)))
+                .await
+        };
+        eprintln!(
+            "switchyard worker: draining (up to {} s; signal again to exit now)",
+            args.drain_timeout
+        );
+        tokio::select! {
+            done = drain => {
+                if !done {
+                    eprintln!("switchyard worker: drain timeout; exiting with requests in flight");
+                }
+            }
+            _ = crate::serve::shutdown_signal() => eprintln!("switchyard worker: second signal; exiting now"),
         }
         Ok(())
     })
@@ -344,6 +377,7 @@ pub struct WorkerHandle {
     pub advertise_host: String,
     server: tokio::task::JoinHandle<()>,
     driver: tokio::task::JoinHandle<()>,
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl WorkerHandle {
@@ -377,6 +411,15 @@ impl WorkerHandle {
     pub fn shutdown(&self) {
         self.server.abort();
         self.driver.abort();
+    }
+
+    /// Graceful shutdown: close the listener, let requests in flight finish (up to
+    /// `timeout`). Returns whether they all did.
+    pub async fn drain(&mut self, timeout: Duration) -> bool {
+        let _ = self.shutdown.send(true);
+        tokio::time::timeout(timeout, &mut self.server)
+            .await
+            .is_ok()
     }
 }
 
@@ -528,9 +571,19 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
     };
     let driver = tokio::spawn(driver.run(cmd_rx, args.speedup));
     let app = worker_router(shared, keys);
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    anyhow::ensure!(
+        args.header_timeout > 0.0 && args.header_timeout <= 86_400.0,
+        "--header-timeout must be between 0 and 86400 seconds"
+    );
+    let limits = crate::http::ConnLimits {
+        max_connections: match args.max_connections {
+            0 => crate::http::default_max_connections(crate::http::raise_fd_limit()),
+            n => n,
+        },
+        header_timeout: Duration::from_secs_f64(args.header_timeout),
+    };
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(crate::http::serve(listener, app, limits, shutdown_rx));
     Ok(WorkerHandle {
         addr,
         kv_events,
@@ -540,6 +593,7 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
         advertise_host,
         server,
         driver,
+        shutdown,
     })
 }
 
