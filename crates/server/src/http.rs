@@ -17,8 +17,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
@@ -40,15 +40,12 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only (what OpenAI clients and engines speak): protocol auto-detection would
+    // wait for a first byte before any timer runs, so a silent socket would never time out.
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(limits.header_timeout));
     let builder = Arc::new(builder);
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
@@ -80,7 +77,7 @@ pub async fn serve(
                 req.extensions_mut().insert(ConnectInfo(peer));
                 app.clone().oneshot(req)
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

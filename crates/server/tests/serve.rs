@@ -879,3 +879,109 @@ async fn the_worker_registry_has_limits() {
         .expect("duplicate --worker refused");
     assert!(e.to_string().contains("already registered"), "{e}");
 }
+
+/// Idle and trickling clients cannot exhaust the frontend: past the connection cap new
+/// sockets are closed at once, and sockets that send no complete headers are closed after
+/// --header-timeout, after which /health answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_are_capped_and_timed_out() {
+    let w = worker(1e6, false).await;
+    let s = start_serve(&ServeArgs {
+        max_connections: 20,
+        header_timeout: 2.0,
+        ..args(vec![w.url()], "round-robin")
+    })
+    .await
+    .unwrap();
+    let addr = s.addr;
+    let mut idle = Vec::new();
+    for i in 0..40 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 0 {
+            // Trickled, never finished headers.
+            let _ = c.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n").await;
+        }
+        idle.push(c);
+    }
+    // Over the cap: the 21st and later sockets are closed by the server.
+    let mut closed = 0;
+    for c in idle.iter_mut().skip(20) {
+        let mut b = [0u8; 1];
+        // EOF, or a reset for a socket whose unread bytes the server discarded.
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(300), c.read(&mut b)).await
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 20, "sockets over the cap are closed");
+    // After the header timeout the first 20 are gone too and /health answers.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (st, _) = get(&format!("{}/health", s.url())).await;
+    assert_eq!(st, 200);
+    for c in idle.iter_mut().take(20) {
+        let mut b = [0u8; 64];
+        let r = tokio::time::timeout(Duration::from_millis(500), c.read(&mut b)).await;
+        assert!(
+            matches!(r, Ok(Ok(_)) | Ok(Err(_))),
+            "an idle socket is still held open"
+        );
+    }
+}
+
+/// Overload gets fast 429s with Retry-After, globally and per worker, and admitted
+/// requests complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_gets_fast_429s() {
+    let w = worker(1.0, false).await; // real time: requests take a while
+    for (global, per_worker) in [(2u64, 100u64), (100, 2)] {
+        let s = start_serve(&ServeArgs {
+            max_inflight: global,
+            max_inflight_per_worker: per_worker,
+            ..args(vec![w.url()], "round-robin")
+        })
+        .await
+        .unwrap();
+        let url = format!("{}/v1/completions", s.url());
+        let body = r#"{"model":"Qwen3-32B","prompt":"hi","max_tokens":40}"#;
+        let calls: Vec<_> = (0..10)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    let r = client()
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap();
+                    let st = r.status().as_u16();
+                    let retry = r.headers().get("retry-after").cloned();
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    (st, retry, v, t.elapsed())
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        let mut busy = 0;
+        for c in calls {
+            let (st, retry, v, took) = c.await.unwrap();
+            match st {
+                200 => ok += 1,
+                429 => {
+                    busy += 1;
+                    assert_eq!(retry.unwrap(), "1");
+                    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+                    assert!(took < Duration::from_millis(300), "429 is fast: {took:?}");
+                }
+                _ => panic!("{st}: {v}"),
+            }
+        }
+        assert_eq!(ok, 2, "global {global}, per worker {per_worker}");
+        assert_eq!(busy, 8);
+        // Slots are given back once the answers are sent.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(s.inflight(), 0);
+    }
+}
