@@ -322,3 +322,118 @@ fn thousands_of_abrupt_disconnects_kill_nothing() {
     let (st, v, _) = post(&format!("{serve}/v1/completions"), &long_prompt(100));
     assert_eq!(st, 200, "{v}");
 }
+
+/// One streamed completion over a fresh connection: `None` when the connection was refused
+/// or closed before any response (not accepted: safe to retry elsewhere), else whether the
+/// stream ended properly with `[DONE]`.
+fn stream_once(base: &str, max_tokens: u32) -> Option<bool> {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = format!(
+        r#"{{"model":"Qwen3-32B","prompt":"rolling restart","max_tokens":{max_tokens},"stream":true}}"#
+    );
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    if out.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out);
+    Some(text.starts_with("HTTP/1.1 200") && text.contains("data: [DONE]"))
+}
+
+fn sigterm(p: &Proc) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(p.0.id() as i32, libc::SIGTERM);
+    }
+}
+
+fn wait_exit(p: &mut Proc, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = p.0.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A rolling restart under load loses no accepted request: one of two frontends, then one
+/// of two workers, gets SIGTERM while streams are in flight; every stream that was accepted
+/// ends with `[DONE]`, clients whose connection is refused go to the other frontend, and the
+/// stopped process exits cleanly once drained.
+#[test]
+fn sigterm_drains_frontends_and_workers_without_losing_requests() {
+    let slow = || {
+        spawn(&[
+            "worker", "--host", "127.0.0.1", "--port", "0", "--speedup", "1",
+        ])
+    };
+    let (mut w1, w1_url) = slow();
+    let (_w2, w2_url) = slow();
+    let frontend = || {
+        spawn(&[
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--health-interval",
+            "0.2",
+            "--worker",
+            &w1_url,
+            "--worker",
+            &w2_url,
+        ])
+    };
+    let (mut a, a_url) = frontend();
+    let (_b, b_url) = frontend();
+    wait_ready(&a_url);
+    wait_ready(&b_url);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (a_url, b_url, stop) = (a_url.clone(), b_url.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut ok, mut broken, mut refused) = (0, 0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match stream_once(&a_url, 60).or_else(|| {
+                        refused += 1;
+                        stream_once(&b_url, 60)
+                    }) {
+                        Some(true) => ok += 1,
+                        Some(false) | None => broken += 1,
+                    }
+                }
+                (ok, broken, refused)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    sigterm(&a);
+    let st = wait_exit(&mut a, Duration::from_secs(30));
+    assert!(st.success(), "frontend exit: {st:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    sigterm(&w1);
+    let st = wait_exit(&mut w1, Duration::from_secs(30));
+    assert!(st.success(), "worker exit: {st:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut broken, mut refused) = (0, 0, 0);
+    for c in clients {
+        let (o, b, r) = c.join().unwrap();
+        ok += o;
+        broken += b;
+        refused += r;
+    }
+    assert_eq!(broken, 0, "{ok} completed, {broken} broken, {refused} refused by the stopped frontend");
+    assert!(ok > 16 && refused > 0, "{ok} completed, {refused} refused");
+}
