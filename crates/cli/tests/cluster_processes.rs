@@ -181,6 +181,7 @@ fn serve(port: u16, etcd: &str, nats: &str, replica: &str) -> Proc {
         nats,
         "--replica-id",
         replica,
+        "--expose-worker-urls",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -132,6 +132,7 @@ fn prefill_and_decode_processes_behind_serve() {
             "0",
             "--pd-protocol",
             protocol,
+            "--expose-worker-urls",
             "--router",
             "kv",
             "--kv-feed",
@@ -374,7 +375,13 @@ fn wait_exit(p: &mut Proc, within: Duration) -> std::process::ExitStatus {
 fn sigterm_drains_frontends_and_workers_without_losing_requests() {
     let slow = || {
         spawn(&[
-            "worker", "--host", "127.0.0.1", "--port", "0", "--speedup", "1",
+            "worker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--speedup",
+            "1",
         ])
     };
     let (mut w1, w1_url) = slow();
@@ -434,6 +441,9 @@ fn sigterm_drains_frontends_and_workers_without_losing_requests() {
         broken += b;
         refused += r;
     }
-    assert_eq!(broken, 0, "{ok} completed, {broken} broken, {refused} refused by the stopped frontend");
+    assert_eq!(
+        broken, 0,
+        "{ok} completed, {broken} broken, {refused} refused by the stopped frontend"
+    );
     assert!(ok > 16 && refused > 0, "{ok} completed, {refused} refused");
 }

@@ -113,7 +113,32 @@ pub struct ParsedRequest {
     pub include_usage: bool,
     /// Prefill/decode disaggregation fields (vLLM `kv_transfer_params`, SGLang bootstrap).
     pub disagg: crate::pd::DisaggFields,
+    /// The first field set that changes what is generated and that the simulated worker
+    /// cannot honour ([`GENERATION_FEATURES`]); `serve` passes them on to real engines.
+    pub unsupported: Option<&'static str>,
 }
+
+/// OpenAI/vLLM request fields that shape the output (tools, structured output, log
+/// probabilities, echo, best-of, guided decoding). The simulated worker rejects a request
+/// that sets one (`false`, `null`, `1` for `best_of` and empty lists count as unset), as vLLM
+/// rejects what it cannot honour, instead of silently ignoring it.
+pub const GENERATION_FEATURES: [&str; 15] = [
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "echo",
+    "best_of",
+    "suffix",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "structured_outputs",
+];
 
 /// `max_tokens` above this is rejected outright (no context is this long).
 pub const MAX_TOKENS_LIMIT: u64 = 1 << 24;
@@ -229,6 +254,14 @@ pub fn parse_request(body: &[u8], ep: Endpoint) -> Result<ParsedRequest, ApiErro
         );
     }
     let disagg = crate::pd::parse_fields(obj)?;
+    let unsupported = GENERATION_FEATURES.into_iter().find(|k| match obj.get(*k) {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Number(n)) if *k == "best_of" => n.as_u64() != Some(1),
+        Some(Value::Number(n)) if *k == "top_logprobs" => n.as_u64() != Some(0),
+        Some(Value::String(s)) if *k == "tool_choice" => s != "none",
+        Some(_) => true,
+    });
     Ok(ParsedRequest {
         model,
         prompt,
@@ -236,6 +269,7 @@ pub fn parse_request(body: &[u8], ep: Endpoint) -> Result<ParsedRequest, ApiErro
         stream,
         include_usage,
         disagg,
+        unsupported,
     })
 }
 

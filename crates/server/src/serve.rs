@@ -57,7 +57,7 @@ use crate::http::{ConnLimits, Slot, hold_until_sent};
 use crate::kv_stream::{Batch, Cursor, IndexState, Live, Plan, fingerprint};
 use crate::openai::{ApiError, Endpoint, parse_request, read_body};
 use crate::tokenizer::Tokenization;
-use crate::worker::{WorkerArgs, WorkerHandle, not_found, start_worker};
+use crate::worker::{WorkerArgs, WorkerHandle, method_not_allowed, not_found, start_worker};
 
 /// Run the OpenAI-compatible frontend and router.
 #[derive(Args, Clone, Debug)]
@@ -201,6 +201,11 @@ pub struct ServeArgs {
     /// under overload.
     #[arg(long, default_value_t = DEFAULT_MAX_INFLIGHT_PER_WORKER)]
     pub max_inflight_per_worker: u64,
+    /// Tell clients which worker served them by URL (`x-switchyard-worker`,
+    /// `x-switchyard-prefill-worker` headers and error messages). Off by default: internal
+    /// addresses stay internal and workers are named by id (`x-switchyard-worker-id`).
+    #[arg(long)]
+    pub expose_worker_urls: bool,
     /// On SIGTERM/Ctrl-C: seconds to let requests in flight finish (readiness fails and the
     /// listener closes first). A second signal exits at once.
     #[arg(long, default_value_t = DEFAULT_DRAIN_TIMEOUT_S, value_name = "SECS")]
@@ -298,6 +303,7 @@ impl Default for ServeArgs {
             upstream_api_key: None,
             max_workers: DEFAULT_MAX_WORKERS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT_S,
+            expose_worker_urls: false,
             max_connections: 0,
             header_timeout: DEFAULT_HEADER_TIMEOUT_S,
             max_inflight: DEFAULT_MAX_INFLIGHT,
@@ -715,6 +721,7 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
         )?,
         idle_timeout: timeout_arg("--upstream-idle-timeout", args.upstream_idle_timeout)?,
         draining: AtomicBool::new(false),
+        expose_urls: args.expose_worker_urls,
         max_workers: args.max_workers,
         inflight: Arc::new(AtomicU64::new(0)),
         max_inflight: args.max_inflight.max(1),
@@ -771,6 +778,7 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/ready", get(ready))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
         .with_state(state.clone());
     anyhow::ensure!(
@@ -880,6 +888,8 @@ struct ServeState {
     idle_timeout: Duration,
     /// Shutting down: `/ready` answers 503.
     draining: AtomicBool,
+    /// `--expose-worker-urls`.
+    expose_urls: bool,
     max_workers: usize,
     drop_unhealthy_after: Duration,
     /// Generation requests in flight through this frontend, and the bounds.
@@ -1304,7 +1314,7 @@ impl ServeState {
             self.note_failure(w);
             return Err(format!(
                 "worker {} did not start answering within {:.0} s",
-                w.spec.url,
+                self.name(w),
                 self.first_byte_timeout.as_secs_f64()
             ));
         };
@@ -1316,7 +1326,7 @@ impl ServeState {
                 let status = r.status();
                 let v: Value = r.json().await.unwrap_or(Value::Null);
                 let msg = v["error"]["message"].as_str().unwrap_or("");
-                Err(format!("worker {} answered {status} {msg}", w.spec.url))
+                Err(format!("worker {} answered {status} {msg}", self.name(w)))
             }
             Ok(r) => {
                 w.routed.fetch_add(1, Ordering::Relaxed);
@@ -1329,8 +1339,17 @@ impl ServeState {
                 if e.is_connect() {
                     w.healthy.store(false, Ordering::Relaxed);
                 }
-                Err(format!("worker {}: {e}", w.spec.url))
+                Err(format!("worker {}: {e}", self.name(w)))
             }
+        }
+    }
+
+    /// How clients see a worker: its URL with `--expose-worker-urls`, else its id.
+    fn name(&self, w: &WorkerEntry) -> String {
+        if self.expose_urls {
+            w.spec.url.clone()
+        } else {
+            format!("#{}", w.id)
         }
     }
 
@@ -2352,7 +2371,9 @@ fn relay(
     if let Some(ct) = resp.headers().get(header::CONTENT_TYPE) {
         headers.insert(header::CONTENT_TYPE, ct.clone());
     }
-    if let Ok(v) = HeaderValue::from_str(&w.spec.url) {
+    if st.expose_urls
+        && let Ok(v) = HeaderValue::from_str(&w.spec.url)
+    {
         headers.insert("x-switchyard-worker", v);
     }
     headers.insert("x-switchyard-worker-id", HeaderValue::from(w.id));
@@ -2383,15 +2404,23 @@ fn relay(
     out
 }
 
-fn set_placement(headers: &mut HeaderMap, prefill: Option<&WorkerEntry>, local: bool) {
+fn set_placement(
+    st: &ServeState,
+    headers: &mut HeaderMap,
+    prefill: Option<&WorkerEntry>,
+    local: bool,
+) {
     headers.insert(
         "x-switchyard-placement",
         HeaderValue::from_static(if local { "local" } else { "remote" }),
     );
-    if let Some(p) = prefill
-        && let Ok(v) = HeaderValue::from_str(&p.spec.url)
-    {
-        headers.insert("x-switchyard-prefill-worker", v);
+    if let Some(p) = prefill {
+        headers.insert("x-switchyard-prefill-worker-id", HeaderValue::from(p.id));
+        if st.expose_urls
+            && let Ok(v) = HeaderValue::from_str(&p.spec.url)
+        {
+            headers.insert("x-switchyard-prefill-worker", v);
+        }
     }
 }
 
@@ -2461,7 +2490,7 @@ async fn proxy_vllm_pd(
                                     format!(
                                         "prefill worker {} answered without kv_transfer_params \
                                      (is it running with a KV connector, e.g. --kv-transfer-config NixlConnector?)",
-                                        pw.spec.url
+                                        st.name(&pw)
                                     ),
                                 ));
                             }
@@ -2472,7 +2501,10 @@ async fn proxy_vllm_pd(
                                 .fetch_add(1, Ordering::Relaxed);
                             return Err(ApiError::new(
                                 StatusCode::BAD_GATEWAY,
-                                format!("prefill worker {}: unreadable response: {e}", pw.spec.url),
+                                format!(
+                                    "prefill worker {}: unreadable response: {e}",
+                                    st.name(&pw)
+                                ),
                             ));
                         }
                     }
@@ -2520,7 +2552,12 @@ async fn proxy_vllm_pd(
         match st.send(&dw, req.ep.path(), body.clone()).await {
             Ok(resp) => {
                 let mut headers = HeaderMap::new();
-                set_placement(&mut headers, prefill_worker.as_deref(), d.prefill.is_none());
+                set_placement(
+                    st,
+                    &mut headers,
+                    prefill_worker.as_deref(),
+                    d.prefill.is_none(),
+                );
                 headers.insert(
                     "x-switchyard-overlap-blocks",
                     HeaderValue::from(d.decode.overlap_blocks()),
@@ -2580,7 +2617,7 @@ async fn proxy_sglang_pd(
             match st.send(&dw, req.ep.path(), req.body.clone()).await {
                 Ok(resp) => {
                     let mut headers = HeaderMap::new();
-                    set_placement(&mut headers, None, true);
+                    set_placement(st, &mut headers, None, true);
                     return Ok(relay(st, req, resp, dw, dguard, None, headers));
                 }
                 Err(e) => {
@@ -2619,11 +2656,11 @@ async fn proxy_sglang_pd(
                         r.bytes()
                             .await
                             .map(|_| ())
-                            .map_err(|e| format!("prefill worker {}: {e}", pw.spec.url))
+                            .map_err(|e| format!("prefill worker {}: {e}", st.name(&pw)))
                     }
                     Ok(r) => Err(format!(
                         "prefill worker {} answered {}",
-                        pw.spec.url,
+                        st.name(&pw),
                         r.status()
                     )),
                     Err(e) => Err(e),
@@ -2668,7 +2705,7 @@ async fn proxy_sglang_pd(
         match decode_resp {
             Ok(resp) => {
                 let mut headers = HeaderMap::new();
-                set_placement(&mut headers, Some(&pw), false);
+                set_placement(st, &mut headers, Some(&pw), false);
                 let abort = prefill_result.is_none().then(|| {
                     // Still prefilling: if it fails now, end the client's stream with an error.
                     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -2840,8 +2877,12 @@ impl Relay {
                     .fetch_add(1, Ordering::Relaxed);
                 // Mark down now; the health check brings it back if it recovers.
                 self.worker.healthy.store(false, Ordering::Relaxed);
+                if self.ok {
+                    // Counted as 200 when the answer started; it ended as a failure.
+                    self.st.metrics.recount(200, 502);
+                }
                 let msg = json!({"error": {
-                    "message": format!("upstream worker {} failed mid-response: {e}", self.worker.spec.url),
+                    "message": format!("upstream worker {} failed mid-response: {e}", self.st.name(&self.worker)),
                     "type": "server_error", "param": null, "code": 502}});
                 let sep = if self.at_boundary { "" } else { "\n\n" };
                 Some(Bytes::from(if self.sse {
@@ -2946,6 +2987,16 @@ impl Metrics {
     fn count_status(&self, s: u16) {
         if let Ok(mut m) = self.by_status.lock() {
             *m.entry(s).or_default() += 1;
+        }
+    }
+
+    /// Move one request from status `from` to `to` (an answer that failed mid-stream).
+    fn recount(&self, from: u16, to: u16) {
+        if let Ok(mut m) = self.by_status.lock() {
+            if let Some(n) = m.get_mut(&from) {
+                *n = n.saturating_sub(1);
+            }
+            *m.entry(to).or_default() += 1;
         }
     }
 }

@@ -532,6 +532,7 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
         hasher: BlockHasher::new(engine.block_size())?,
         cmd: cmd_tx,
         next_id: AtomicU64::new(1),
+        id_salt: rand::random(),
         default_max_tokens: args.default_max_tokens.max(1),
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -630,8 +631,19 @@ fn worker_router(shared: Arc<Shared>, keys: Keys) -> Router {
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
         .with_state(shared)
+}
+
+pub(crate) async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 pub(crate) async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -649,6 +661,8 @@ struct Snapshot {
 
 #[derive(Debug)]
 struct Shared {
+    /// Random per process: makes response ids unique across workers.
+    id_salt: u64,
     model: String,
     max_model_len: u32,
     hasher: BlockHasher,
@@ -1421,13 +1435,15 @@ async fn generate(s: Arc<Shared>, ep: Endpoint, body: Body) -> Result<Response, 
     let (p, adm) = r?;
     let prompt_len = adm.prompt_tokens;
     let ctx = Ctx {
+        // Unique across workers and restarts (a per-process random prefix), as OpenAI's are.
         id: format!(
-            "{}-{}",
+            "{}-{:016x}{:x}",
             if ep == Endpoint::Chat {
                 "chatcmpl"
             } else {
                 "cmpl"
             },
+            s.id_salt,
             adm.guard.id
         ),
         model: serde_json::to_string(&s.model).unwrap_or_else(|_| "\"\"".into()),
@@ -1514,6 +1530,12 @@ async fn admit(
     body: &[u8],
 ) -> Result<(ParsedRequest, Admitted), ApiError> {
     let p = parse_request(body, ep)?;
+    if let Some(field) = p.unsupported {
+        return Err(ApiError::bad(format!(
+            "`{field}` is not supported by the simulated worker (it generates filler text)"
+        ))
+        .with_param(field));
+    }
     if p.model != s.model {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -51,6 +51,7 @@ fn serve_args(etcd: Option<String>, nats: Option<String>, feed: &str, replica: &
         replica_id: Some(replica.into()),
         health_interval: 0.3,
         warmup_timeout: 5.0,
+        expose_worker_urls: true,
         ..ServeArgs::default()
     }
 }
@@ -627,6 +628,7 @@ async fn engine_reported_load_shows_requests_of_other_frontends() {
         workers: vec![w1.url(), w2.url()],
         router: Some("least-load".into()),
         engine_metrics_interval: 0.1,
+        expose_worker_urls: true,
         ..ServeArgs::default()
     })
     .await

@@ -34,6 +34,7 @@ fn serve_args(workers: Vec<String>, protocol: PdProtocol) -> ServeArgs {
         kv_feed: Some("approximate".into()),
         health_interval: 0.2,
         pd_protocol: protocol,
+        expose_worker_urls: true,
         ..ServeArgs::default()
     }
 }

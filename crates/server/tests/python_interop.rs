@@ -174,6 +174,7 @@ async fn python_publishers_drive_the_index_in_both_encodings() {
         workers: specs,
         router: Some("kv".into()),
         health_interval: 0.2,
+        expose_worker_urls: true,
         ..ServeArgs::default()
     })
     .await

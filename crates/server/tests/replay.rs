@@ -75,6 +75,7 @@ async fn a_frontend_started_after_its_workers_rebuilds_the_index_by_replay() {
         workers: specs,
         router: Some("kv".into()),
         health_interval: 0.2,
+        expose_worker_urls: true,
         ..ServeArgs::default()
     })
     .await

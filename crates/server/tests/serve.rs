@@ -15,6 +15,7 @@ fn args(workers: Vec<String>, policy: &str) -> ServeArgs {
         workers,
         router: Some(policy.into()),
         health_interval: 0.2,
+        expose_worker_urls: true,
         ..ServeArgs::default()
     }
 }
@@ -984,4 +985,82 @@ async fn overload_gets_fast_429s() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(s.inflight(), 0);
     }
+}
+
+/// Internal worker addresses stay internal unless asked for; response ids are unique across
+/// workers; a wrong method gets a JSON 405; the simulated worker refuses what it cannot honour;
+/// an answer that fails mid-stream is not counted as a 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_production_papercuts() {
+    let ws = [worker(1e6, false).await, worker(1e6, false).await];
+    let s = start_serve(&ServeArgs {
+        expose_worker_urls: false,
+        ..args(ws.iter().map(|w| w.url()).collect(), "round-robin")
+    })
+    .await
+    .unwrap();
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let (st, v, h) = post(&format!("{}/v1/completions", s.url()), HI).await;
+        assert_eq!(st, 200, "{v}");
+        assert!(h.get("x-switchyard-worker").is_none(), "{h:?}");
+        assert!(h.get("x-switchyard-worker-id").is_some());
+        assert!(ids.insert(v["id"].as_str().unwrap().to_string()), "{v}");
+    }
+    let r = client()
+        .get(format!("{}/v1/completions", s.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("GET"),
+        "{v}"
+    );
+    for (field, value) in [
+        ("tools", serde_json::json!([{"type": "function"}])),
+        (
+            "response_format",
+            serde_json::json!({"type": "json_object"}),
+        ),
+        ("logprobs", serde_json::json!(true)),
+    ] {
+        let mut body: Value = serde_json::from_str(HI).unwrap();
+        body[field] = value;
+        let (st, v, _) = post(
+            &format!("{}/v1/completions", ws[0].url()),
+            &body.to_string(),
+        )
+        .await;
+        assert_eq!(st, 400, "{v}");
+        assert_eq!(v["error"]["param"], field, "{v}");
+    }
+    // A failure mid-stream, with the URL hidden from the client.
+    let up = dying_upstream().await;
+    let s = start_serve(&ServeArgs {
+        expose_worker_urls: false,
+        ..args(vec![up.clone()], "round-robin")
+    })
+    .await
+    .unwrap();
+    let r = client()
+        .post(format!("{}/v1/completions", s.url()))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"Qwen3-32B","prompt":"hi","stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    assert!(!body.contains(&up), "{body}");
+    assert!(body.contains("#0"), "{body}");
+    let (_, m) = get(&format!("{}/metrics", s.url())).await;
+    assert!(
+        m.contains("switchyard_requests_total{status=\"502\"} 1"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("switchyard_requests_total{status=\"200\"} 1"),
+        "{m}"
+    );
 }
