@@ -147,3 +147,142 @@ fn live_serve_matches_the_simulator_on_the_same_recipe() {
     assert!(rel(lt.1, st.p50) < 0.25, "TTFT p50 {} vs {}", lt.1, st.p50);
     assert!(rel(lt.2, st.p90) < 0.25, "TTFT p90 {} vs {}", lt.2, st.p90);
 }
+
+/// `n` requests in groups of four that share a 12-block (6,144-token) prefix, one every
+/// 150 ms: KV-aware routing sends a group's followers to the rank that holds its prefix.
+fn shared_prefixes(n: usize) -> switchyard_trace::Trace {
+    let requests = (0..n)
+        .map(|i| {
+            // Members of a group arrive n/4 requests (n/4 × 150 ms) apart: by then the
+            // first one's prefix is cached and its KV events are in.
+            let group = (i % (n / 4)) as u64;
+            let mut hash_ids: Vec<u64> = (0..12).map(|b| group * 1000 + b).collect();
+            hash_ids.push(1_000_000 + i as u64);
+            switchyard_trace::TraceRequest {
+                timestamp: i as f64 * 150.0,
+                input_length: 12 * 512 + 100,
+                output_length: 40,
+                hash_ids,
+                session_id: None,
+                delay: None,
+                text_input: None,
+            }
+        })
+        .collect();
+    switchyard_trace::Trace {
+        requests,
+        block_size: 512,
+    }
+}
+
+/// Routing on (worker, DP rank) live as in the simulator: two workers with four attention-DP
+/// ranks each and KV-aware routing. Were the ranks invisible to live routing (every worker
+/// keyed at rank 0), the cache on ranks 1-3 would not attract requests and the live prefix-hit
+/// rate would fall far below the lab's. Compares the per-worker placement counts and the hit
+/// rate.
+#[test]
+fn dp_ranks_route_live_as_in_the_lab() {
+    const N: usize = 160;
+    const X: f64 = 2.0;
+    let dir = tempfile::tempdir().unwrap();
+    let dep_path = dir.path().join("dp4.toml");
+    std::fs::write(
+        &dep_path,
+        r#"name = "dp4-kv"
+[engine]
+gpu = "H200"
+model = "Qwen3-235B-A22B"
+weight_dtype = "fp8"
+tp = 1
+dp = 4
+ep = 4
+engine = "vllm"
+[[group]]
+role = "aggregated"
+count = 2
+[router]
+policy = "kv"
+"#,
+    )
+    .unwrap();
+    let dep = Deployment::load(&dep_path).unwrap();
+    let catalog = switchyard_engine::Catalog::load(None).unwrap();
+    let trace = shared_prefixes(N);
+    let sim = simulate(
+        &dep,
+        &catalog,
+        &trace,
+        &RunOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let sim_sum = Summary::from_records(&sim.records, &SummaryOptions::default()).unwrap();
+    let trace_path = dir.path().join("slice.jsonl");
+    switchyard_trace::write_jsonl(&trace_path, &trace).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (live_sum, placed) = rt.block_on(async {
+        let s = start_serve(&ServeArgs {
+            config: Some(dep_path.clone()),
+            speedup: X,
+            ..ServeArgs::default()
+        })
+        .await
+        .unwrap();
+        let cli = BenchCli::try_parse_from([
+            "bench",
+            "--url",
+            &s.url(),
+            "--trace",
+            trace_path.to_str().unwrap(),
+            "--speedup",
+            &X.to_string(),
+            "--prompt",
+            "tokens",
+            "--progress",
+            "off",
+        ])
+        .unwrap();
+        let out = switchyard_bench::run(&cli.bench, StopHandle::new())
+            .await
+            .unwrap();
+        let ws: serde_json::Value = reqwest::get(format!("{}/v1/workers", s.url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let placed: Vec<u64> = ws["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["requests_routed"].as_u64().unwrap())
+            .collect();
+        (out.summary, placed)
+    });
+    println!(
+        "completed lab {} live {} (live errors {:?})",
+        sim_sum.completed, live_sum.completed, live_sum.errors
+    );
+    let lab_placed: Vec<u64> = sim.workers.iter().map(|w| w.requests).collect();
+    let (hl, hs) = (
+        live_sum.prefix_cache_hit_rate.unwrap(),
+        sim_sum.prefix_cache_hit_rate.unwrap(),
+    );
+    println!(
+        "placement lab {lab_placed:?} live {placed:?}; prefix hit rate lab {hs:.3} live {hl:.3}"
+    );
+    for (l, s) in placed.iter().zip(&lab_placed) {
+        assert!(
+            (*l as f64 - *s as f64).abs() <= 0.2 * N as f64,
+            "placement lab {lab_placed:?} vs live {placed:?}"
+        );
+    }
+    assert!(
+        (hl - hs).abs() < 0.08,
+        "prefix hit rate lab {hs:.3} vs live {hl:.3}"
+    );
+}

@@ -69,7 +69,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
     /// An upstream worker:
-    /// `URL[,kv-events=tcp://HOST:PORT][,replay=tcp://HOST:PORT][,role=aggregated|prefill|decode]`.
+    /// `URL[,kv-events=tcp://HOST:PORT][,replay=tcp://HOST:PORT][,role=aggregated|prefill|decode][,dp=N]`.
+    /// `dp=N`: the engine runs N attention-DP ranks; the router picks (worker, rank) as `lab`
+    /// does and sends the rank as `X-data-parallel-rank` (vLLM, SGLang).
     /// `replay=` is the engine's KV-event replay socket (vLLM's `replay_endpoint`): missed
     /// events are fetched from it instead of forgetting the worker's cache. Repeatable.
     #[arg(long = "worker", value_name = "SPEC")]
@@ -328,6 +330,10 @@ pub struct WorkerSpec {
     /// simulated worker answers; real SGLang servers use 8998 unless configured otherwise).
     #[serde(default)]
     pub bootstrap_port: Option<u16>,
+    /// Data-parallel (attention-DP) ranks behind this URL: the router chooses a rank and
+    /// sends it with the request (`X-data-parallel-rank`, as vLLM and SGLang accept it).
+    #[serde(default, alias = "dp")]
+    pub dp_size: Option<u32>,
 }
 
 fn default_role() -> String {
@@ -345,6 +351,7 @@ impl std::str::FromStr for WorkerSpec {
             kv_events_replay: None,
             role: default_role(),
             bootstrap_port: None,
+            dp_size: None,
         };
         for p in parts {
             match p.split_once('=') {
@@ -353,6 +360,12 @@ impl std::str::FromStr for WorkerSpec {
                     spec.kv_events_replay = Some(v.to_string());
                 }
                 Some(("role", v)) => spec.role = v.to_string(),
+                Some(("dp" | "dp-size" | "dp_size", v)) => {
+                    spec.dp_size = Some(
+                        v.parse()
+                            .map_err(|_| format!("dp={v:?} is not a number of ranks"))?,
+                    );
+                }
                 Some(("bootstrap-port" | "bootstrap_port", v)) => {
                     spec.bootstrap_port = Some(
                         v.parse()
@@ -361,7 +374,7 @@ impl std::str::FromStr for WorkerSpec {
                 }
                 _ => {
                     return Err(format!(
-                        "bad worker option {p:?} in {s:?} (expected kv-events=tcp://HOST:PORT, replay=tcp://HOST:PORT, role=... or bootstrap-port=N)"
+                        "bad worker option {p:?} in {s:?} (expected kv-events=tcp://HOST:PORT, replay=tcp://HOST:PORT, role=..., dp=N or bootstrap-port=N)"
                     ));
                 }
             }
@@ -393,6 +406,12 @@ impl WorkerSpec {
         {
             return Err(format!(
                 "worker URL {:?} must be scheme://host[:port][/path], without credentials, query or fragment",
+                self.url
+            ));
+        }
+        if self.dp_size.is_some_and(|d| d == 0 || d > MAX_DP_RANKS) {
+            return Err(format!(
+                "worker {}: dp must be between 1 and {MAX_DP_RANKS}",
                 self.url
             ));
         }
@@ -620,6 +639,7 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
                     kv_events_replay: h.kv_events_replay.clone(),
                     role: role_name(g.engine.role).into(),
                     bootstrap_port: None,
+                    dp_size: Some(g.engine.dp),
                 });
                 local.push(h);
             }
@@ -857,8 +877,22 @@ struct WorkerEntry {
 }
 
 impl WorkerEntry {
+    /// Rank 0's key: where engine-wide facts (its reported load) are kept.
     fn key(&self) -> WorkerKey {
         WorkerKey::new(self.id, 0)
+    }
+
+    /// DP ranks to route over: the configured size, or more if its events show more.
+    fn ranks(&self) -> u32 {
+        self.spec
+            .dp_size
+            .unwrap_or(1)
+            .max(self.max_rank.load(Ordering::Relaxed) + 1)
+    }
+
+    /// One routing candidate per DP rank, as the simulator builds them.
+    fn keys(&self) -> impl Iterator<Item = WorkerKey> + '_ {
+        (0..self.ranks()).map(|r| WorkerKey::new(self.id, r))
     }
     fn index_state(&self) -> IndexState {
         IndexState::from_u8(self.index_state.load(Ordering::Relaxed))
@@ -946,11 +980,12 @@ impl Booking {
 struct SharedInflight {
     fan: Arc<Fanout>,
     worker: String,
+    rank: u32,
 }
 
 impl Drop for SharedInflight {
     fn drop(&mut self) {
-        self.fan.inflight_add(&self.worker, 0, -1);
+        self.fan.inflight_add(&self.worker, self.rank, -1);
     }
 }
 
@@ -1047,7 +1082,12 @@ impl ServeState {
             inflight: Arc::new(AtomicU64::new(0)),
             unhealthy_since_ms: AtomicU64::new(self.ms()),
         });
-        self.router.lock().add_worker(w.key());
+        {
+            let mut r = self.router.lock();
+            for k in w.keys() {
+                r.add_worker(k);
+            }
+        }
         if let Some(ep) = w.spec.kv_events.clone() {
             let h = tokio::spawn(subscriber(Arc::downgrade(self), w.clone(), ep));
             if let Ok(mut s) = w.subscriber.lock() {
@@ -1076,6 +1116,7 @@ impl ServeState {
                     kv_events_replay: rec.kv_events_replay.clone(),
                     role: rec.role.as_str().to_string(),
                     bootstrap_port: None,
+                    dp_size: Some(rec.dp_size.max(1)),
                 };
                 if let Some(e) = self.refuse_registration(&spec.url) {
                     eprintln!(
@@ -1146,7 +1187,7 @@ impl ServeState {
         pool: &[Arc<WorkerEntry>],
     ) -> Result<(Decision, RouteGuard), ApiError> {
         self.blend_peer_load(&[pool]);
-        let keys: Vec<WorkerKey> = pool.iter().map(|w| w.key()).collect();
+        let keys: Vec<WorkerKey> = pool.iter().flat_map(|w| w.keys()).collect();
         self.router
             .route(hashes, tokens, &keys, self.now())
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
@@ -1161,8 +1202,8 @@ impl ServeState {
         decode: &[Arc<WorkerEntry>],
     ) -> Result<(PairDecision, PairGuards), ApiError> {
         self.blend_peer_load(&[prefill, decode]);
-        let pkeys: Vec<WorkerKey> = prefill.iter().map(|w| w.key()).collect();
-        let dkeys: Vec<WorkerKey> = decode.iter().map(|w| w.key()).collect();
+        let pkeys: Vec<WorkerKey> = prefill.iter().flat_map(|w| w.keys()).collect();
+        let dkeys: Vec<WorkerKey> = decode.iter().flat_map(|w| w.keys()).collect();
         self.router
             .route_pair(hashes, tokens, &pkeys, &dkeys, self.now())
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
@@ -1176,7 +1217,11 @@ impl ServeState {
         let counts: Vec<(WorkerKey, u32)> = pools
             .iter()
             .flat_map(|p| p.iter())
-            .map(|w| (w.key(), f.remote_inflight(&w.spec.url, 0)))
+            .flat_map(|w| {
+                w.keys()
+                    .map(|k| (k, f.remote_inflight(&w.spec.url, k.dp_rank)))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         let mut r = self.router.lock();
         for (k, n) in counts {
@@ -1186,15 +1231,17 @@ impl ServeState {
 
     /// Attach the fan-out side to a routed request's guard: tell the other replicas (the
     /// prediction, in approximate/hybrid modes, and +1 in flight; −1 when it ends).
-    fn book(&self, guard: RouteGuard, w: &WorkerEntry, hashes: &[u64]) -> Booking {
+    fn book(&self, guard: RouteGuard, w: &Target, hashes: &[u64]) -> Booking {
+        let rank = w.rank;
         let shared = self.cluster.fanout.as_ref().map(|f| {
             if self.share_predictions && !hashes.is_empty() {
-                f.publish_prediction(&w.spec.url, 0, hashes);
+                f.publish_prediction(&w.spec.url, rank, hashes);
             }
-            f.inflight_add(&w.spec.url, 0, 1);
+            f.inflight_add(&w.spec.url, rank, 1);
             SharedInflight {
                 fan: f.clone(),
                 worker: w.spec.url.clone(),
+                rank,
             }
         });
         Booking {
@@ -1214,7 +1261,7 @@ impl ServeState {
                 w.stop();
                 // Its cache entries (every DP rank it reported) and its load go.
                 let mut r = self.router.lock();
-                for rank in 0..=w.max_rank.load(Ordering::Relaxed) {
+                for rank in 0..w.ranks() {
                     r.remove_worker(WorkerKey::new(w.id, rank));
                 }
                 true
@@ -1290,21 +1337,17 @@ impl ServeState {
     /// POST a body to a worker. Connection failures and 5xx answers are errors (counted; the
     /// worker is marked down on connection failure or after repeated 5xx); anything else,
     /// 4xx included, is the worker's answer.
-    async fn send(
-        &self,
-        w: &WorkerEntry,
-        path: &str,
-        body: Bytes,
-    ) -> Result<reqwest::Response, String> {
-        let sent = tokio::time::timeout(
-            self.first_byte_timeout,
-            self.client
-                .post(format!("{}{path}", w.spec.url))
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(body)
-                .send(),
-        )
-        .await;
+    async fn send(&self, t: &Target, path: &str, body: Bytes) -> Result<reqwest::Response, String> {
+        let w: &WorkerEntry = t;
+        let mut post = self
+            .client
+            .post(format!("{}{path}", w.spec.url))
+            .header(header::CONTENT_TYPE, "application/json");
+        if w.ranks() > 1 {
+            // The rank the router chose, the way vLLM and SGLang take it.
+            post = post.header(DP_RANK_HEADER, t.rank);
+        }
+        let sent = tokio::time::timeout(self.first_byte_timeout, post.body(body).send()).await;
         let Ok(sent) = sent else {
             w.errors.fetch_add(1, Ordering::Relaxed);
             self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
@@ -1915,6 +1958,10 @@ impl Feed {
 /// DP ranks above this in an event batch are treated as garbage.
 const MAX_DP_RANKS: u32 = 1024;
 
+/// The request header naming the DP rank to run on (vLLM's `X-data-parallel-rank`; SGLang's
+/// data-parallel controller reads it too). Shared with the simulated worker.
+pub const DP_RANK_HEADER: &str = "x-data-parallel-rank";
+
 /// Forget what `w` (DP ranks `0..=max_rank`) caches: events were lost. Only the cache
 /// entries go; its load tracking stays.
 fn resync(st: &ServeState, w: &WorkerEntry, translator: &mut EngineHashTranslator, max_rank: u32) {
@@ -2312,7 +2359,7 @@ async fn proxy_inner(
                     HeaderValue::from(decision.overlap_blocks()),
                 );
                 headers.insert("x-switchyard-route-us", HeaderValue::from(route_us));
-                return Ok(relay(st, &req, resp, w, guard, None, headers));
+                return Ok(relay(st, &req, resp, w.w, guard, None, headers));
             }
             Err(e) => last_err = e,
         }
@@ -2337,10 +2384,27 @@ fn untried(ws: &[Arc<WorkerEntry>], tried: &[u64]) -> Vec<Arc<WorkerEntry>> {
         .collect()
 }
 
-fn pick(pool: &[Arc<WorkerEntry>], key: WorkerKey) -> Result<Arc<WorkerEntry>, ApiError> {
+/// A routed destination: the worker and the DP rank the router chose on it.
+#[derive(Clone)]
+struct Target {
+    w: Arc<WorkerEntry>,
+    rank: u32,
+}
+
+impl std::ops::Deref for Target {
+    type Target = WorkerEntry;
+    fn deref(&self) -> &WorkerEntry {
+        &self.w
+    }
+}
+
+fn pick(pool: &[Arc<WorkerEntry>], key: WorkerKey) -> Result<Target, ApiError> {
     pool.iter()
-        .find(|w| w.key() == key)
-        .cloned()
+        .find(|w| w.id == key.worker && key.dp_rank < w.ranks())
+        .map(|w| Target {
+            w: w.clone(),
+            rank: key.dp_rank,
+        })
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -2566,7 +2630,7 @@ async fn proxy_vllm_pd(
                     st,
                     req,
                     resp,
-                    dw,
+                    dw.w,
                     decode_guard,
                     prefill_hold,
                     headers,
@@ -2618,7 +2682,7 @@ async fn proxy_sglang_pd(
                 Ok(resp) => {
                     let mut headers = HeaderMap::new();
                     set_placement(st, &mut headers, None, true);
-                    return Ok(relay(st, req, resp, dw, dguard, None, headers));
+                    return Ok(relay(st, req, resp, dw.w, dguard, None, headers));
                 }
                 Err(e) => {
                     last_err = e;
@@ -2716,7 +2780,7 @@ async fn proxy_sglang_pd(
                     });
                     rx
                 });
-                let mut out = relay(st, req, resp, dw, dguard, None, headers);
+                let mut out = relay(st, req, resp, dw.w, dguard, None, headers);
                 if let Some(rx) = abort
                     && req.stream
                 {

@@ -533,6 +533,7 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
         cmd: cmd_tx,
         next_id: AtomicU64::new(1),
         id_salt: rand::random(),
+        dp_ranks: engine.dp_ranks(),
         default_max_tokens: args.default_max_tokens.max(1),
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -663,6 +664,8 @@ struct Snapshot {
 struct Shared {
     /// Random per process: makes response ids unique across workers.
     id_salt: u64,
+    /// Data-parallel ranks of the engine.
+    dp_ranks: u32,
     model: String,
     max_model_len: u32,
     hasher: BlockHasher,
@@ -696,6 +699,8 @@ enum Cmd {
         engine_out: u32,
         /// Tokens streamed to the client.
         max_out: u32,
+        /// The DP rank the router chose (`None`: the engine picks the least loaded).
+        dp_rank: Option<u32>,
         mode: Mode,
         tx: mpsc::UnboundedSender<Tok>,
         reply: oneshot::Sender<Result<u32, String>>,
@@ -1022,6 +1027,7 @@ impl Driver {
                 hashes,
                 engine_out,
                 max_out,
+                dp_rank,
                 mode,
                 tx,
                 reply,
@@ -1031,7 +1037,7 @@ impl Driver {
                     prompt_tokens: tokens.len() as u32,
                     block_hashes: hashes.clone(),
                     max_output_tokens: engine_out,
-                    dp_rank: None,
+                    dp_rank,
                 };
                 let admitted = match &mode {
                     Mode::Local => self.engine.admit_local(req, now),
@@ -1411,22 +1417,72 @@ async fn models(State(s): State<Arc<Shared>>) -> Response {
     .into_response()
 }
 
-async fn completions(State(s): State<Arc<Shared>>, body: Body) -> Response {
-    generate(s, Endpoint::Completions, body)
+async fn completions(
+    State(s): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Response {
+    generate(s, Endpoint::Completions, &headers, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn chat(State(s): State<Arc<Shared>>, body: Body) -> Response {
-    generate(s, Endpoint::Chat, body)
+async fn chat(
+    State(s): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Response {
+    generate(s, Endpoint::Chat, &headers, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn generate(s: Arc<Shared>, ep: Endpoint, body: Body) -> Result<Response, ApiError> {
+/// The DP rank a router asked for: vLLM's `X-data-parallel-rank` header, or SGLang's
+/// `data_parallel_rank` body field. Out of range is the caller's error.
+fn requested_rank(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+    ranks: u32,
+) -> Result<Option<u32>, ApiError> {
+    let from_header = headers
+        .get(crate::serve::DP_RANK_HEADER)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .ok_or_else(|| ApiError::bad("X-data-parallel-rank must be a rank number"))
+        })
+        .transpose()?;
+    let rank = match from_header {
+        Some(r) => Some(r),
+        None => serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("data_parallel_rank").and_then(|r| r.as_u64()))
+            .map(|r| u32::try_from(r).unwrap_or(u32::MAX)),
+    };
+    if let Some(r) = rank
+        && r >= ranks
+    {
+        return Err(ApiError::bad(format!(
+            "data-parallel rank {r} does not exist (this engine has {ranks})"
+        ))
+        .with_param("data_parallel_rank"));
+    }
+    Ok(rank)
+}
+
+async fn generate(
+    s: Arc<Shared>,
+    ep: Endpoint,
+    headers: &axum::http::HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     s.requests.fetch_add(1, Ordering::Relaxed);
     let r = match read_body(body, s.max_body).await {
-        Ok(body) => admit(&s, ep, &body).await,
+        Ok(body) => match requested_rank(headers, &body, s.dp_ranks) {
+            Ok(rank) => admit(&s, ep, &body, rank).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     if r.is_err() {
@@ -1528,6 +1584,7 @@ async fn admit(
     s: &Shared,
     ep: Endpoint,
     body: &[u8],
+    dp_rank: Option<u32>,
 ) -> Result<(ParsedRequest, Admitted), ApiError> {
     let p = parse_request(body, ep)?;
     if let Some(field) = p.unsupported {
@@ -1656,6 +1713,7 @@ async fn admit(
             hashes,
             engine_out,
             max_out,
+            dp_rank,
             mode,
             tx,
             reply,
