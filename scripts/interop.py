@@ -73,8 +73,8 @@ def cmd_openai(a):
             model=a.model, prompt=prompt, max_tokens=8, stream=True,
             stream_options={"include_usage": True},
         )
-        worker = raw.headers.get("x-switchyard-worker")
-        check(worker, "missing x-switchyard-worker header")
+        worker = raw.headers.get("x-switchyard-worker-id")
+        check(worker, "missing x-switchyard-worker-id header")
         workers.append(worker)
         n, usage = 0, None
         for chunk in raw.parse():

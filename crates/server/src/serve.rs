@@ -742,6 +742,7 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
         idle_timeout: timeout_arg("--upstream-idle-timeout", args.upstream_idle_timeout)?,
         draining: AtomicBool::new(false),
         expose_urls: args.expose_worker_urls,
+        needs_tokens: router_cfg.policy == PolicyKind::Kv,
         max_workers: args.max_workers,
         inflight: Arc::new(AtomicU64::new(0)),
         max_inflight: args.max_inflight.max(1),
@@ -924,6 +925,8 @@ struct ServeState {
     draining: AtomicBool,
     /// `--expose-worker-urls`.
     expose_urls: bool,
+    /// The policy reads block hashes (KV-aware): prompts are tokenized.
+    needs_tokens: bool,
     max_workers: usize,
     drop_unhealthy_after: Duration,
     /// Generation requests in flight through this frontend, and the bounds.
@@ -2316,16 +2319,24 @@ async fn proxy_inner(
         )
         .with_param("model"));
     }
-    let tokens = st
-        .tokenization
-        .prompt_tokens_async(&p.prompt)
-        .await
-        .map_err(|e| ApiError::bad(e.to_string()))?;
-    let hashes = st.hasher.hash(&tokens);
+    // Only cache-aware routing (and the P/D pair choice, which is cache-aware) reads block
+    // hashes; the other policies get by with a token estimate, so text prompts are not
+    // tokenized on the request path for them (the engine tokenizes anyway).
+    let (n_tokens, hashes) = if st.needs_tokens || disagg {
+        let tokens = st
+            .tokenization
+            .prompt_tokens_async(&p.prompt)
+            .await
+            .map_err(|e| ApiError::bad(e.to_string()))?;
+        let hashes = st.hasher.hash(&tokens);
+        (tokens.len() as u32, hashes)
+    } else {
+        (estimate_tokens(&p.prompt), Vec::new())
+    };
     let req = Req {
         ep,
         body: &body,
-        tokens: tokens.len() as u32,
+        tokens: n_tokens,
         hashes: &hashes,
         stream: p.stream,
         start,
@@ -2365,6 +2376,21 @@ async fn proxy_inner(
         }
     }
     Err(all_failed(tried.len(), &last_err))
+}
+
+/// Prompt tokens without a tokenizer (~4 bytes per token for text), for load accounting by
+/// policies that do not look at the cache.
+fn estimate_tokens(p: &crate::openai::Prompt) -> u32 {
+    use crate::openai::Prompt;
+    let n = match p {
+        Prompt::Tokens(t) => t.len(),
+        Prompt::Text(s) => s.len().div_ceil(4),
+        Prompt::Chat(m) => m
+            .iter()
+            .map(|(r, c)| (r.len() + c.len()).div_ceil(4) + 4)
+            .sum(),
+    };
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// What the proxy paths share about one client request.
