@@ -1,7 +1,7 @@
 //! Switchyard's single source of truth for serving metrics.
 //!
 //! `lab` (simulation) and `bench` (live) both produce one [`RequestRecord`] per request;
-//! [`Summary::from_records`] turns a run's records into every statistic of DESIGN.md section 3;
+//! [`Summary::from_records`] turns a run's records into every statistic Switchyard reports;
 //! the renderers turn summaries into the `vllm bench serve`-style text report
 //! ([`render_vllm_report`]), a compact percentile table ([`render_compact_table`]), an A/B
 //! comparison with a verdict ([`render_comparison`]) and a self-contained HTML report with SVG

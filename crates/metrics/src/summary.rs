@@ -1,4 +1,4 @@
-//! A run's statistics, computed once from its request records (DESIGN.md section 3).
+//! A run's statistics, computed once from its request records (definitions: docs/bench-validation.md).
 
 use std::collections::BTreeMap;
 

@@ -3,7 +3,7 @@
 //!
 //! A trace is one JSON object per line: `timestamp` (ms, relative), `input_length`,
 //! `output_length`, `hash_ids` (one id per `block_size`-token block, 512 in Mooncake traces;
-//! equal ids mean identical prefix blocks). See `DESIGN.md` section 3.
+//! equal ids mean identical prefix blocks). Format details: README, `switchyard trace`.
 
 mod analyze;
 mod error;
