@@ -1,4 +1,4 @@
-//! A run's statistics, computed once from its request records (definitions: docs/bench-validation.md).
+//! A run's statistics, computed once from its request records (definitions: crates/metrics/README.md).
 
 use std::collections::BTreeMap;
 
