@@ -447,3 +447,146 @@ fn sigterm_drains_frontends_and_workers_without_losing_requests() {
     );
     assert!(ok > 16 && refused > 0, "{ok} completed, {refused} refused");
 }
+
+fn proc_stat(pid: u32) -> (u64, usize) {
+    let rss_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    (rss_kb, fds)
+}
+
+/// A bounded soak: steady streaming load with abrupt disconnects through two frontends over
+/// two workers, while one worker and one frontend are restarted. Every accepted stream ends
+/// properly, and the surviving frontend's memory and file descriptors are flat after warm-up.
+/// `SWITCHYARD_SOAK_SECS` (default 20) sets the length; docs/cluster.md quotes a longer run.
+#[test]
+fn soak_with_disconnects_and_restarts() {
+    let secs: u64 = std::env::var("SWITCHYARD_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let worker_on = |port: u16| {
+        spawn(&[
+            "worker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--speedup",
+            "20",
+        ])
+    };
+    let (p1, p2) = (free_port(), free_port());
+    let (_w1, w1_url) = worker_on(p1);
+    let (mut w2, w2_url) = worker_on(p2);
+    let frontend = |port: u16| {
+        spawn(&[
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--router",
+            "kv",
+            "--health-interval",
+            "0.2",
+            "--worker",
+            &w1_url,
+            "--worker",
+            &w2_url,
+        ])
+    };
+    let (a, a_url) = frontend(free_port());
+    let b_port = free_port();
+    let (mut b, b_url) = frontend(b_port);
+    wait_ready(&a_url);
+    wait_ready(&b_url);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..6)
+        .map(|t| {
+            let (a_url, b_url, stop) = (a_url.clone(), b_url.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut ok, mut broken, mut i) = (0u64, 0u64, 0u64);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    if i % 5 == 0 {
+                        abrupt_clients(&a_url, 1, 1);
+                        continue;
+                    }
+                    let (first, second) = if t % 2 == 0 {
+                        (&a_url, &b_url)
+                    } else {
+                        (&b_url, &a_url)
+                    };
+                    match stream_once(first, 30).or_else(|| stream_once(second, 30)) {
+                        Some(true) => ok += 1,
+                        _ => broken += 1,
+                    }
+                }
+                (ok, broken)
+            })
+        })
+        .collect();
+    let pid = a.0.id();
+    let t0 = Instant::now();
+    let warm = Duration::from_secs(secs / 4);
+    let mut after_warmup = None;
+    let mut samples = Vec::new();
+    let (mut restarted_worker, mut restarted_frontend) = (false, false);
+    let mut _keep = Vec::new();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_millis(500));
+        let s = proc_stat(pid);
+        samples.push(s);
+        if after_warmup.is_none() && t0.elapsed() >= warm {
+            after_warmup = Some(s);
+        }
+        if !restarted_worker && t0.elapsed() >= Duration::from_secs(secs / 3) {
+            sigterm(&w2);
+            wait_exit(&mut w2, Duration::from_secs(30));
+            _keep.push(worker_on(p2).0);
+            restarted_worker = true;
+        }
+        if !restarted_frontend && t0.elapsed() >= Duration::from_secs(secs * 2 / 3) {
+            sigterm(&b);
+            wait_exit(&mut b, Duration::from_secs(30));
+            b = frontend(b_port).0;
+            restarted_frontend = true;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut broken) = (0, 0);
+    for c in clients {
+        let (o, br) = c.join().unwrap();
+        ok += o;
+        broken += br;
+    }
+    let (rss0, fd0) = after_warmup.unwrap();
+    let (rss1, fd1) = proc_stat(pid);
+    eprintln!(
+        "soak {secs} s: {ok} streams completed, {broken} broken; serve A RSS {rss0} -> {rss1} kB, fds {fd0} -> {fd1}; samples {samples:?}"
+    );
+    assert_eq!(broken, 0, "{ok} completed");
+    assert!(ok > 50, "{ok} completed");
+    assert!(
+        rss1 <= rss0 + rss0 / 4 + 8_192,
+        "RSS grew {rss0} -> {rss1} kB"
+    );
+    assert!(fd1 <= fd0 + 16, "fds grew {fd0} -> {fd1}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
