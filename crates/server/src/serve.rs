@@ -648,6 +648,15 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
     if let Some(p) = &args.router {
         router_cfg.policy = p.parse::<PolicyKind>()?;
     }
+    let has_pd = specs.iter().any(|s| s.role != "aggregated");
+    if has_pd && router_cfg.policy != PolicyKind::Kv {
+        // Said once, loudly: the (prefill, decode) pair is always chosen cache-aware, as in
+        // `lab`; the policy only applies to aggregated deployments.
+        eprintln!(
+            "warning: router policy {:?} does not apply to a disaggregated deployment: prefill/decode pairs are chosen KV-aware (as `lab` does)",
+            format!("{:?}", router_cfg.policy).to_lowercase()
+        );
+    }
     if let Some(f) = &args.kv_feed {
         router_cfg.kv_feed = serde_json::from_value(Value::String(f.clone())).map_err(|_| {
             anyhow::anyhow!("--kv-feed {f:?}: expected events, approximate or hybrid")
