@@ -288,7 +288,12 @@ impl Deployment {
             if let Err(e) = engine.check_bounds() {
                 return Err(at(
                     &[
-                        &[Key::T("group"), Key::I(i), Key::T("engine"), Key::T(e.field)],
+                        &[
+                            Key::T("group"),
+                            Key::I(i),
+                            Key::T("engine"),
+                            Key::T(e.field),
+                        ],
                         &[Key::T("engine"), Key::T(e.field)],
                     ],
                     format!("[[group]] #{} engine: {}", i + 1, e.message),

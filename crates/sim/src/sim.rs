@@ -240,8 +240,12 @@ impl<'a> Sim<'a> {
                 }
             })
         };
-        let engine_block = dep.groups.first().map_or(16, |g| g.engine.block_size.max(1)) as u64;
-        let per_request = (std::mem::size_of::<Req>() + std::mem::size_of::<RequestRecord>()) as u64;
+        let engine_block = dep
+            .groups
+            .first()
+            .map_or(16, |g| g.engine.block_size.max(1)) as u64;
+        let per_request =
+            (std::mem::size_of::<Req>() + std::mem::size_of::<RequestRecord>()) as u64;
         let mut need: u64 = trace
             .requests
             .iter()

@@ -51,14 +51,34 @@ fn huge_counts_are_refused_with_the_line() {
 #[test]
 fn non_finite_and_absurd_network_values_are_refused() {
     let cases = [
-        ("setup_ms = 1.0", "setup_ms = inf", "d.toml:12:12: [network] setup_ms must be in [0, 10000], got inf"),
-        ("setup_ms = 1.0", "setup_ms = nan", "[network] setup_ms must be in [0, 10000], got NaN"),
+        (
+            "setup_ms = 1.0",
+            "setup_ms = inf",
+            "d.toml:12:12: [network] setup_ms must be in [0, 10000], got inf",
+        ),
+        (
+            "setup_ms = 1.0",
+            "setup_ms = nan",
+            "[network] setup_ms must be in [0, 10000], got NaN",
+        ),
         ("setup_ms = 1.0", "setup_ms = -1.0", "got -1.0"),
         ("setup_ms = 1.0", "setup_ms = 1e300", "got 1e300"),
-        ("setup_ms = 1.0", "nic_gb_s = nan", "d.toml:12:12: [network] nic_gb_s must be in [0.1, 10000], got NaN"),
+        (
+            "setup_ms = 1.0",
+            "nic_gb_s = nan",
+            "d.toml:12:12: [network] nic_gb_s must be in [0.1, 10000], got NaN",
+        ),
         ("setup_ms = 1.0", "nic_gb_s = 1e300", "got 1e300"),
-        ("setup_ms = 1.0", "efficiency = nan", "[network] efficiency must be in (0, 1], got NaN"),
-        ("[network]", "[events]\nlag_ms = inf\n[network]", "d.toml:12:10: [events] lag_ms must be in [0, 60000], got inf"),
+        (
+            "setup_ms = 1.0",
+            "efficiency = nan",
+            "[network] efficiency must be in (0, 1], got NaN",
+        ),
+        (
+            "[network]",
+            "[events]\nlag_ms = inf\n[network]",
+            "d.toml:12:10: [events] lag_ms must be in [0, 60000], got inf",
+        ),
     ];
     for (from, to, want) in cases {
         let e = parse_err(&AGG.replace(from, to));
@@ -85,7 +105,10 @@ fn engine_fields_are_bounded_with_the_line() {
         "{e}"
     );
     let e = parse_err(&AGG.replace("tp = 2", "tp = 2\nmemory_fraction = nan"));
-    assert!(e.contains("memory_fraction must be in (0, 1], got NaN"), "{e}");
+    assert!(
+        e.contains("memory_fraction must be in (0, 1], got NaN"),
+        "{e}"
+    );
     let e = parse_err(&AGG.replace("tp = 2", "tp = 2\nnum_gpu_blocks_override = 4000000000"));
     assert!(e.contains("num_gpu_blocks_override"), "{e}");
 }
@@ -94,9 +117,15 @@ fn engine_fields_are_bounded_with_the_line() {
 fn tp_beyond_the_nvlink_domain_is_refused_naming_the_file_once() {
     let dep = Deployment::parse(&AGG.replace("tp = 2", "tp = 64"), "d.toml").unwrap();
     let cat = Catalog::builtin().unwrap();
-    let e = simulate(&dep, &cat, &trace(2), &RunOptions::default(), &mut |_, _| {})
-        .err()
-        .unwrap();
+    let e = simulate(
+        &dep,
+        &cat,
+        &trace(2),
+        &RunOptions::default(),
+        &mut |_, _| {},
+    )
+    .err()
+    .unwrap();
     let msg = format!("{:#}", anyhow_like(&e));
     assert!(
         msg.starts_with("d.toml: [[group]] #1 (aggregated): invalid engine configuration: tp 64 exceeds the 8-GPU NVLink domain of H200"),
@@ -164,7 +193,10 @@ source = "bundled:mooncake_conversation"
 
 #[test]
 fn router_values_are_checked_in_the_file() {
-    let e = parse_err(&AGG.replace("policy = \"round-robin\"", "policy = \"kv\"\ntemperature = nan"));
+    let e = parse_err(&AGG.replace(
+        "policy = \"round-robin\"",
+        "policy = \"kv\"\ntemperature = nan",
+    ));
     assert!(e.contains("[router] ") && e.contains("temperature"), "{e}");
 }
 

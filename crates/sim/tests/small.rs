@@ -149,7 +149,10 @@ fn bad_deployments_name_the_problem() {
         "{e}"
     );
     let e = Deployment::parse(&AGG.replace("count = 2", "count = 0"), "d.toml").unwrap_err();
-    assert!(e.to_string().contains("count must be in 1..=10000, got 0"), "{e}");
+    assert!(
+        e.to_string().contains("count must be in 1..=10000, got 0"),
+        "{e}"
+    );
     let e = Deployment::parse(
         &AGG.replace("role = \"aggregated\"", "role = \"prefill\""),
         "d.toml",

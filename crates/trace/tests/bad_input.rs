@@ -67,7 +67,10 @@ fn negative_zero_and_wrong_types() {
         "t.jsonl:1: output_length must be a number of tokens in 1..=10000000, got -3"
     );
     let e = err(r#"{"timestamp": -5, "input_length": 5, "output_length": 3, "hash_ids": [1]}"#);
-    assert!(e.contains("timestamp must be a number of ms in [0, 1e15]"), "{e}");
+    assert!(
+        e.contains("timestamp must be a number of ms in [0, 1e15]"),
+        "{e}"
+    );
     let e = err(r#"{"timestamp": 0, "input_length": "5", "output_length": 3, "hash_ids": [1]}"#);
     assert!(e.starts_with("t.jsonl:1: invalid field"), "{e}");
     let e = err(r#"{"timestamp": 0, "input_length": 5, "output_length": 3, "hash_ids": [-1]}"#);
@@ -272,10 +275,16 @@ fn absurd_lengths_timestamps_and_delays_are_refused() {
         e.starts_with("t.jsonl:2: the trace would span 19676 days (timestamp 0.0 ms at line 1, 1700000000000.0 ms at line 2); at most 366 days"),
         "{e}"
     );
-    let e = err(r#"{"timestamp": 0, "input_length": 5, "output_length": 3, "hash_ids": [1], "delay": 1e300}"#);
+    let e = err(
+        r#"{"timestamp": 0, "input_length": 5, "output_length": 3, "hash_ids": [1], "delay": 1e300}"#,
+    );
     assert!(e.contains("delay must be a number of ms"), "{e}");
-    let e = err(r#"{"timestamp": 0, "input_length": 4000000000, "output_length": 3, "hash_ids": [1]}"#);
-    assert!(e.contains("input_length must be a number of tokens in 1..=10000000"), "{e}");
+    let e =
+        err(r#"{"timestamp": 0, "input_length": 4000000000, "output_length": 3, "hash_ids": [1]}"#);
+    assert!(
+        e.contains("input_length must be a number of tokens in 1..=10000000"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -289,13 +298,18 @@ fn a_trace_that_cannot_fit_in_memory_is_refused_with_the_line() {
     assert!(matches!(e, TraceError::TooLarge { .. }), "{e}");
     let msg = e.to_string();
     assert!(
-        msg.starts_with("t.jsonl:") && msg.contains("requests needs about") && msg.contains("SWITCHYARD_MEMORY_LIMIT_MB"),
+        msg.starts_with("t.jsonl:")
+            && msg.contains("requests needs about")
+            && msg.contains("SWITCHYARD_MEMORY_LIMIT_MB"),
         "{msg}"
     );
     // Extra hash ids beyond input_length are dropped and their memory returned.
     let many = format!(
         r#"{{"timestamp": 0, "input_length": 512, "output_length": 3, "hash_ids": [{}]}}"#,
-        (0..100_000).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+        (0..100_000)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let loaded = parse(&many).unwrap();
     assert_eq!(loaded.trace.requests[0].hash_ids.capacity(), 1);
