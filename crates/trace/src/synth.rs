@@ -130,7 +130,7 @@ impl SynthConfig {
                 crate::limits::MAX_SYNTH_REQUESTS
             ));
         }
-        if !(self.speedup_ratio <= 1e6) {
+        if self.speedup_ratio > 1e6 {
             return bad(format!(
                 "--speedup-ratio must be at most 1e6, got {:?}",
                 self.speedup_ratio
