@@ -386,7 +386,7 @@ fn load_trace(
         path,
         &switchyard_trace::LoadOptions {
             block_size: a.block_size,
-            strict: false,
+            ..Default::default()
         },
     )?;
     let warnings: Vec<String> = loaded

@@ -37,13 +37,15 @@ at TTFT <= 2 s and ITL <= 25 ms.
 Writes a results folder: summary.json (both runs, every statistic, the deployment files, the
 trace's hash, the seed and the version), requests-a.jsonl / requests-b.jsonl (one record per
 request), series-a.json / series-b.json (queue depth and KV usage per worker over time) and
-report.html (self-contained, charts inline). `switchyard report DIR...` re-renders or compares
-saved folders, from `lab` and from `bench` alike.
+report.html (self-contained, charts inline). Without -o the folder is results/ab-<recipe> plus
+the parameters that differ from the recipe's (see --out); it is checked before simulating.
+`switchyard report DIR...` re-renders or compares saved folders, from `lab` and from `bench`
+alike.
 
 Examples:
   switchyard lab ab
   switchyard lab ab --recipe dsv32-gb200
-  switchyard lab ab --speedup 2 --requests 3000          # probe headroom at twice the rate
+  switchyard lab ab --speedup 2 --requests 3000          # into results/ab-qwen3-32b-h200-x2-n3000
   switchyard lab ab --a mine.toml --b theirs.toml --trace my.jsonl --goodput ttft:1000,itl:30";
 
 #[derive(Args)]
@@ -72,7 +74,9 @@ pub struct AbArgs {
     /// Random seed for routing tie-breaks and sampling (default: the deployment files').
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Results folder [default: results/ab-<recipe>].
+    /// Results folder [default: results/ab-<recipe>, plus the parameters that differ from the
+    /// recipe's: `-x<speedup>`, `-n<requests>`, `-seed<seed>`, and a hash of --a/--b/--trace/
+    /// --goodput/--catalog when given, so runs with other parameters never overwrite it].
     #[arg(long, short = 'o')]
     pub out: Option<PathBuf>,
     /// Extra catalog folder (gpus/, models/, engines/ TOML files) next to the built-in one.
@@ -375,6 +379,12 @@ fn ab(args: AbArgs) -> Result<()> {
     let catalog = Catalog::load(args.catalog.as_deref())?;
     let dep_a = load_deployment(args.a.as_deref(), &recipe, &recipe.file.a)?;
     let dep_b = load_deployment(args.b.as_deref(), &recipe, &recipe.file.b)?;
+    // Fail on an unusable results folder now, not after the simulation.
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out_dir(&args, &recipe));
+    check_writable(&out_dir)?;
     let (mut trace, origin) = load_trace(&args, &recipe)?;
     if let Some(n) = args.requests {
         if n == 0 {
@@ -446,12 +456,6 @@ fn ab(args: AbArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
 
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("results/ab-{}", recipe.name)));
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("{}: cannot create", out_dir.display()))?;
     let hash = trace_hash(&trace);
     let summary_json = serde_json::json!({
         "tool": "switchyard",
@@ -537,6 +541,54 @@ fn ab(args: AbArgs) -> Result<()> {
         sim_secs[1],
         out_dir.display()
     );
+    Ok(())
+}
+
+/// `results/ab-<recipe>` plus every parameter that differs from the recipe's (see `--out`).
+fn default_out_dir(args: &AbArgs, recipe: &Recipe) -> PathBuf {
+    let mut name = format!("ab-{}", recipe.name);
+    if args.speedup != 1.0 {
+        name.push_str(&format!("-x{}", args.speedup));
+    }
+    if let Some(n) = args.requests {
+        name.push_str(&format!("-n{n}"));
+    }
+    if let Some(s) = args.seed {
+        name.push_str(&format!("-seed{s}"));
+    }
+    let overrides = [
+        args.a.as_ref().map(|p| p.display().to_string()),
+        args.b.as_ref().map(|p| p.display().to_string()),
+        args.trace.as_ref().map(|p| p.display().to_string()),
+        args.goodput.clone(),
+        args.catalog.as_ref().map(|p| p.display().to_string()),
+    ];
+    if overrides.iter().any(Option::is_some) {
+        let key = format!("{overrides:?}");
+        name.push_str(&format!(
+            "-{:08x}",
+            xxhash_rust::xxh3::xxh3_64(key.as_bytes()) as u32
+        ));
+    }
+    PathBuf::from("results").join(name)
+}
+
+/// Create `dir` and prove a file can be written there.
+fn check_writable(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "{}: cannot create the results folder (choose another with -o)",
+            dir.display()
+        )
+    })?;
+    let probe = dir.join(".switchyard-write-check");
+    std::fs::write(&probe, b"").with_context(|| {
+        format!(
+            "{}: cannot write results there (choose another folder with -o)",
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
     Ok(())
 }
 

@@ -37,6 +37,10 @@ struct Loaded {
     series: Vec<TimeSeries>,
     slo: Option<Slo>,
     gpu_busy: Option<f64>,
+    /// What was replayed: the trace (`lab`: its hash; `bench`: its path — only runs of the same
+    /// tool are compared on it) and the speedup, when saved.
+    trace: Option<(&'static str, String)>,
+    speedup: Option<f64>,
 }
 
 fn read(path: &Path) -> Result<String> {
@@ -80,6 +84,10 @@ fn load_dir(dir: &Path) -> Result<Vec<Loaded>> {
             series: series(&dir.join("series.json"))?,
             slo: slo_of(&s["goodput"]["slo"]),
             gpu_busy: s["gpu_busy_fraction"].as_f64(),
+            trace: summary["config"]["trace"]
+                .as_str()
+                .map(|t| ("bench", t.to_string())),
+            speedup: summary["config"]["speedup"].as_f64(),
         }]);
     }
     if dir.join("requests-a.jsonl").exists() {
@@ -92,6 +100,10 @@ fn load_dir(dir: &Path) -> Result<Vec<Loaded>> {
                 series: series(&dir.join(format!("series-{key}.json")))?,
                 slo: slo_of(&summary["goodput"]),
                 gpu_busy: run["summary"]["gpu_busy_fraction"].as_f64(),
+                trace: summary["trace"]["hash"]
+                    .as_str()
+                    .map(|t| ("lab", t.to_string())),
+                speedup: summary["speedup"].as_f64(),
             });
         }
         return Ok(out);
@@ -100,6 +112,47 @@ fn load_dir(dir: &Path) -> Result<Vec<Loaded>> {
         "{}: not a results folder (expected requests.jsonl from `bench --out`, or requests-a.jsonl and requests-b.jsonl from `lab ab`)",
         dir.display()
     )
+}
+
+/// Why the runs are not a like-for-like comparison (empty when they replayed the same
+/// workload, as far as the saved folders tell): different request counts, traces or speedups.
+fn workload_differences(runs: &[Loaded]) -> Vec<String> {
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let differ = |f: &dyn Fn(&Loaded) -> Option<String>| -> Option<String> {
+        let vals: Vec<(String, String)> = runs
+            .iter()
+            .filter_map(|r| f(r).map(|v| (r.label.clone(), v)))
+            .collect();
+        let distinct = vals.iter().any(|(_, v)| *v != vals[0].1);
+        distinct.then(|| {
+            vals.iter()
+                .map(|(l, v)| format!("{l}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    };
+    if let Some(d) = differ(&|r| Some(r.records.len().to_string())) {
+        out.push(format!("the runs have different request counts ({d})"));
+    }
+    for kind in ["lab", "bench"] {
+        let trace = |r: &Loaded| r.trace.clone().filter(|t| t.0 == kind).map(|t| t.1);
+        if let Some(d) = differ(&trace) {
+            out.push(format!("the {kind} runs replayed different traces ({d})"));
+        }
+    }
+    if let Some(d) = differ(&|r| r.speedup.map(|x| format!("{x}x"))) {
+        out.push(format!("the runs replayed at different speedups ({d})"));
+    }
+    if !out.is_empty() {
+        out.push(format!(
+            "ratios against {} compare different workloads, not deployments; re-run on the same trace, request count and speedup",
+            first.label
+        ));
+    }
+    out
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
@@ -133,6 +186,15 @@ pub fn run(args: ReportArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let refs: Vec<&Summary> = summaries.iter().collect();
+    let warnings = workload_differences(&runs);
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if !warnings.is_empty() {
+        println!(
+            "WARNING: different workloads; the ratios and verdict below are not a like-for-like comparison.\n"
+        );
+    }
     if refs.len() == 1 {
         print!("{}", switchyard_metrics::render_compact_table(refs[0]));
     } else {
@@ -156,7 +218,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
     );
     std::fs::write(
         &args.out,
-        switchyard_metrics::render_html(&title, &report_runs),
+        switchyard_metrics::render_html_with_warnings(&title, &[], &warnings, &report_runs),
     )
     .with_context(|| format!("{}: cannot write", args.out.display()))?;
     println!("\nwrote {}", args.out.display());

@@ -146,6 +146,7 @@ pub fn load_trace(path: &Path, args: &LoadArgs) -> Result<Loaded> {
     let opts = LoadOptions {
         block_size: args.block_size,
         strict: args.strict,
+        ..Default::default()
     };
     let loaded = switchyard_trace::load(path, &opts)?;
     for issue in &loaded.issues {

@@ -126,3 +126,50 @@ fn synthesize_writes_the_default_named_file() {
             .contains("--prefix-len-multiplier must be")
     );
 }
+
+#[test]
+fn inputs_that_cannot_fit_are_refused_not_aborted() {
+    // The memory budget applies to loading (here 1 MiB, for the ~12k-request bundled trace).
+    let out = switchyard()
+        .env("SWITCHYARD_MEMORY_LIMIT_MB", "1")
+        .args(["trace", "analyze"])
+        .arg(bundled())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("mooncake_conversation.jsonl.gz:")
+            && err.contains("more than the 0.00 GiB available"),
+        "{err}"
+    );
+    // 10^9 synthetic requests: a clear error, not a 104 GB allocation.
+    let dir = tempfile::tempdir().unwrap();
+    let out = switchyard()
+        .args(["trace", "synthesize", "--num-requests", "1000000000", "-i"])
+        .arg(bundled())
+        .arg("-o")
+        .arg(dir.path().join("x.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("--num-requests must be in 1..=100000000"),
+        "{err}"
+    );
+    // An overlong line, with the limit lowered through the environment.
+    let out = switchyard()
+        .env("SWITCHYARD_TRACE_MAX_LINE_BYTES", "64")
+        .args(["trace", "analyze"])
+        .arg(bundled())
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(
+            "jsonl.gz:1: line longer than 64 bytes (the limit; set SWITCHYARD_TRACE_MAX_LINE_BYTES"
+        ),
+        "{err}"
+    );
+}

@@ -24,6 +24,37 @@ pub mod defaults {
     pub const KV_EVENTS: bool = true;
 }
 
+/// Bounds of every numeric field of [`EngineConfig`], in one place (`docs/limits.md` lists them
+/// with the deployment file's own). [`EngineConfig::check_bounds`] applies the ones that need no
+/// catalog; [`crate::Engine::new`] adds those that depend on the GPU and model (TP at most the
+/// GPU's NVLink domain, `max_model_len` at most the model's context, the KV pool's size).
+pub mod limits {
+    /// `tp`, `dp`, `ep`: at least 1, at most this many (and `tp` at most the GPU's NVLink
+    /// domain: tensor parallelism across nodes is not modelled).
+    pub const MAX_PARALLEL: u32 = 1024;
+    /// GPUs of one worker (`tp × dp`).
+    pub const MAX_GPUS_PER_WORKER: u32 = 1024;
+    /// `max_num_batched_tokens` (vLLM's largest practical budgets are ~64k).
+    pub const MAX_BATCHED_TOKENS: u32 = 1 << 24;
+    /// `max_num_seqs` per scheduler (vLLM's default is 256–1024).
+    pub const MAX_NUM_SEQS: u32 = 1 << 16;
+    /// `block_size` in tokens.
+    pub const MAX_BLOCK_SIZE: u32 = 1024;
+    /// KV blocks of one worker, all DP ranks (from the memory plan or
+    /// `num_gpu_blocks_override × dp`): 72 GB200s of DeepSeek's MLA KV hold ~11 M.
+    pub const MAX_BLOCKS_PER_WORKER: u64 = 1 << 25;
+    /// Host memory the simulator's KV pool takes per block (entry, free queue, hash table),
+    /// for the memory estimate made before a deployment's workers are built.
+    pub const POOL_BYTES_PER_BLOCK: u64 = 48;
+}
+
+/// A field of an [`EngineConfig`] out of its bounds: which field, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutOfBounds {
+    pub field: &'static str,
+    pub message: String,
+}
+
 /// Weight precision of the linear layers.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -180,6 +211,88 @@ impl EngineConfig {
     pub fn seq_limit(&self) -> u32 {
         self.max_num_seqs.unwrap_or(256)
     }
+    /// Check every numeric field against [`limits`] (the bounds that need no catalog).
+    pub fn check_bounds(&self) -> Result<(), OutOfBounds> {
+        let oob = |field: &'static str, message: String| Err(OutOfBounds { field, message });
+        for (field, v) in [("tp", self.tp), ("dp", self.dp), ("ep", self.ep)] {
+            if v == 0 || v > limits::MAX_PARALLEL {
+                return oob(
+                    field,
+                    format!("{field} must be in 1..={}, got {v}", limits::MAX_PARALLEL),
+                );
+            }
+        }
+        let gpus = self.tp as u64 * self.dp as u64;
+        if gpus > limits::MAX_GPUS_PER_WORKER as u64 {
+            return oob(
+                "dp",
+                format!(
+                    "one worker may span at most {} GPUs, tp {} x dp {} = {gpus}",
+                    limits::MAX_GPUS_PER_WORKER,
+                    self.tp,
+                    self.dp
+                ),
+            );
+        }
+        if let Some(v) = self.max_num_batched_tokens
+            && (v == 0 || v > limits::MAX_BATCHED_TOKENS)
+        {
+            return oob(
+                "max_num_batched_tokens",
+                format!(
+                    "max_num_batched_tokens must be in 1..={}, got {v}",
+                    limits::MAX_BATCHED_TOKENS
+                ),
+            );
+        }
+        if let Some(v) = self.max_num_seqs
+            && (v == 0 || v > limits::MAX_NUM_SEQS)
+        {
+            return oob(
+                "max_num_seqs",
+                format!(
+                    "max_num_seqs must be in 1..={}, got {v}",
+                    limits::MAX_NUM_SEQS
+                ),
+            );
+        }
+        if self.block_size == 0 || self.block_size > limits::MAX_BLOCK_SIZE {
+            return oob(
+                "block_size",
+                format!(
+                    "block_size must be in 1..={}, got {}",
+                    limits::MAX_BLOCK_SIZE,
+                    self.block_size
+                ),
+            );
+        }
+        if let Some(f) = self.memory_fraction
+            && !(f > 0.0 && f <= 1.0)
+        {
+            return oob(
+                "memory_fraction",
+                format!("memory_fraction must be in (0, 1], got {f:?}"),
+            );
+        }
+        if self.max_model_len == Some(0) {
+            return oob("max_model_len", "max_model_len must be >= 1".into());
+        }
+        if let Some(n) = self.num_gpu_blocks_override {
+            let total = n as u64 * self.dp as u64;
+            if n == 0 || total > limits::MAX_BLOCKS_PER_WORKER {
+                return oob(
+                    "num_gpu_blocks_override",
+                    format!(
+                        "num_gpu_blocks_override must be >= 1 and at most {} blocks per worker (x dp {}), got {n}",
+                        limits::MAX_BLOCKS_PER_WORKER,
+                        self.dp
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Number of GPUs one worker spans.
     pub fn gpus(&self) -> u32 {
         self.tp.saturating_mul(self.dp)

@@ -332,14 +332,13 @@ impl Engine {
         let model = catalog.model(&cfg.model)?;
         let profile = catalog.engine(&cfg.engine)?.clone();
         let bad = |s: String| Err(EngineError::InvalidConfig(s));
+        cfg.check_bounds()
+            .map_err(|e| EngineError::InvalidConfig(e.message))?;
         let cfg = &resolve_limits(cfg, gpu, &profile);
-        if cfg.tp == 0 || cfg.dp == 0 || cfg.ep == 0 {
-            return bad("tp, dp and ep must be >= 1".into());
-        }
-        if cfg.block_size == 0 || cfg.block_size > 1024 {
+        if cfg.tp > gpu.nvlink_domain {
             return bad(format!(
-                "block_size must be in 1..=1024, got {}",
-                cfg.block_size
+                "tp {} exceeds the {}-GPU NVLink domain of {}: tensor parallelism across NVLink domains is not modelled (use dp/ep for wide expert parallelism, or more workers)",
+                cfg.tp, gpu.nvlink_domain, gpu.name
             ));
         }
         if cfg.seq_limit() == 0 {
@@ -419,11 +418,16 @@ impl Engine {
             plan.blocks_per_rank = n;
             plan.tokens_per_rank = n as u64 * cfg.block_size as u64;
         }
-        if plan.blocks_per_rank > crate::blocks::MAX_BLOCKS {
+        let worker_blocks = plan.blocks_per_rank as u64 * cfg.dp as u64;
+        if plan.blocks_per_rank > crate::blocks::MAX_BLOCKS
+            || worker_blocks > crate::config::limits::MAX_BLOCKS_PER_WORKER
+        {
             return bad(format!(
-                "{} KV blocks per scheduler exceed the supported {} (raise block_size)",
-                plan.blocks_per_rank,
-                crate::blocks::MAX_BLOCKS
+                "{} KV blocks per worker ({} per scheduler x dp {}) exceed the supported {} (raise block_size)",
+                fmt_int(worker_blocks),
+                fmt_int(plan.blocks_per_rank as u64),
+                cfg.dp,
+                fmt_int(crate::config::limits::MAX_BLOCKS_PER_WORKER)
             ));
         }
         let par = format!("TP{} DP{} EP{}", cfg.tp, cfg.dp, cfg.ep);
@@ -539,6 +543,12 @@ impl Engine {
     }
     pub fn perf_model(&self) -> &PerfModel {
         &self.perf
+    }
+    /// Host memory this engine's simulator state takes at most, in bytes (its KV pools; see
+    /// [`crate::config::limits::POOL_BYTES_PER_BLOCK`]): what a fleet of clones will need.
+    pub fn host_bytes_estimate(&self) -> u64 {
+        self.kv_capacity_blocks() * crate::config::limits::POOL_BYTES_PER_BLOCK
+            + std::mem::size_of::<Engine>() as u64
     }
     /// Number of schedulers (DP ranks).
     pub fn dp_ranks(&self) -> u32 {

@@ -50,7 +50,7 @@ pub use catalog::{
     Admission, Batching, Catalog, DeviceLimits, EngineDefaults, EngineProfile, GpuSpec, MemoryRule,
     ModelSpec,
 };
-pub use config::{EngineConfig, KvDtype, Role, WeightDtype};
+pub use config::{EngineConfig, KvDtype, OutOfBounds, Role, WeightDtype};
 pub use engine::{
     AdmitInfo, Advance, Engine, EngineLoad, EngineStats, FinishReason, Finished, KvReserved,
     RankedKvEvent, Request, StepOutcome,

@@ -78,6 +78,18 @@ pub fn render_html(title: &str, runs: &[ReportRun]) -> String {
 /// [`render_html`] with free-text notes shown under the title, one paragraph each (e.g. each
 /// deployment's description, the trace and its hash, the tool version, the command line).
 pub fn render_html_with_notes(title: &str, notes: &[String], runs: &[ReportRun]) -> String {
+    render_html_with_warnings(title, notes, &[], runs)
+}
+
+/// [`render_html_with_notes`] with warnings shown prominently above the summary. Warnings mean
+/// the runs are not a like-for-like comparison (e.g. different workloads): the ratio column is
+/// then not colour-coded (no green "better") and the verdict says so first.
+pub fn render_html_with_warnings(
+    title: &str,
+    notes: &[String],
+    warnings: &[String],
+    runs: &[ReportRun],
+) -> String {
     let mut h = String::with_capacity(256 * 1024);
     let _ = write!(
         h,
@@ -126,13 +138,22 @@ pub fn render_html_with_notes(title: &str, notes: &[String], runs: &[ReportRun])
         }
     }
 
+    for w in warnings {
+        let _ = writeln!(h, "<p class=\"warn\"><b>Warning:</b> {}</p>", escape(w));
+    }
+
     // Comparison / key-figures table.
     h.push_str("<h2 id=\"summary\">Summary</h2>\n");
-    comparison_table(&mut h, &summaries);
+    comparison_table(&mut h, &summaries, warnings.is_empty());
     if let [a, b] = summaries.as_slice() {
         let _ = writeln!(
             h,
-            "<p class=\"verdict\"><b>Verdict:</b> {}</p>",
+            "<p class=\"verdict\"><b>Verdict:</b> {}{}</p>",
+            if warnings.is_empty() {
+                ""
+            } else {
+                "not a like-for-like comparison (see the warning above). "
+            },
             escape(&verdict(a, b))
         );
     }
@@ -481,7 +502,8 @@ fn spread(v: impl Iterator<Item = f64>) -> bool {
     lo.is_finite() && hi / lo > 30.0
 }
 
-fn comparison_table(h: &mut String, runs: &[&Summary]) {
+/// `colour`: mark ratios better/worse (only when the runs are comparable).
+fn comparison_table(h: &mut String, runs: &[&Summary], colour: bool) {
     let rows = comparison_rows(runs);
     h.push_str("<table><thead><tr><th>metric</th>");
     for (i, s) in runs.iter().enumerate() {
@@ -500,6 +522,7 @@ fn comparison_table(h: &mut String, runs: &[&Summary]) {
             match r.ratio(i) {
                 Some(x) => {
                     let class = match r.better {
+                        _ if !colour => "",
                         Better::Lower if x < 0.95 => " class=\"better\"",
                         Better::Lower if x > 1.05 => " class=\"worse\"",
                         Better::Higher if x > 1.05 => " class=\"better\"",

@@ -24,7 +24,9 @@ mod summary;
 pub mod svg;
 mod text;
 
-pub use html::{ReportRun, TimeSeries, render_html, render_html_with_notes};
+pub use html::{
+    ReportRun, TimeSeries, render_html, render_html_with_notes, render_html_with_warnings,
+};
 pub use record::{
     ChunkGaps, GapRun, RequestRecord, Status, parse_records_jsonl, quantize, records_to_jsonl,
 };

@@ -354,3 +354,34 @@ fn chromium_parses_the_report() {
     assert!(dom.matches("<polyline").count() >= 9);
     assert!(dom.contains("Verdict:"));
 }
+
+#[test]
+fn warnings_turn_off_the_colours_and_qualify_the_verdict() {
+    let f = fixture();
+    let runs = [
+        ReportRun {
+            summary: &f.sa,
+            records: &f.a,
+            series: &f.ta,
+        },
+        ReportRun {
+            summary: &f.sb,
+            records: &f.b,
+            series: &f.tb,
+        },
+    ];
+    let plain = render_html("t", &runs);
+    assert!(plain.contains("class=\"better\"") || plain.contains("class=\"worse\""));
+    let warned = switchyard_metrics::render_html_with_warnings(
+        "t",
+        &[],
+        &["the runs have different request counts <x>".into()],
+        &runs,
+    );
+    check_xmlish(&warned).unwrap_or_else(|e| panic!("{e}"));
+    assert!(warned.contains(
+        "<p class=\"warn\"><b>Warning:</b> the runs have different request counts &lt;x&gt;</p>"
+    ));
+    assert!(!warned.contains("class=\"better\"") && !warned.contains("class=\"worse\""));
+    assert!(warned.contains("<b>Verdict:</b> not a like-for-like comparison"));
+}

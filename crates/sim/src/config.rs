@@ -53,10 +53,35 @@ pub mod defaults {
     pub const SEED: u64 = 0;
 }
 
+/// Bounds of every numeric field of a deployment file, in one place (`docs/limits.md` lists
+/// them). Engine fields (`[engine]`, `[group.engine]`) have theirs in [`engine`]; the router's
+/// are checked by `RouterConfig::validate`.
+pub mod limits {
+    pub use switchyard_engine::config::limits as engine;
+    /// A deployment file is a few hundred bytes; anything over this is not one.
+    pub const MAX_FILE_BYTES: u64 = 1 << 20;
+    /// Workers of one `[[group]]`.
+    pub const MAX_COUNT: u32 = 10_000;
+    /// Workers of the whole deployment.
+    pub const MAX_WORKERS: u32 = 10_000;
+    /// GPUs of the whole deployment (Σ count × tp × dp).
+    pub const MAX_GPUS: u64 = 100_000;
+    /// `[events] lag_ms`, closed range: up to a minute.
+    pub const LAG_MS: (f64, f64) = (0.0, 60_000.0);
+    /// `[network] setup_ms`, closed range: up to 10 s per transfer.
+    pub const SETUP_MS: (f64, f64) = (0.0, 10_000.0);
+    /// `[network] efficiency`, (0, 1].
+    pub const EFFICIENCY: (f64, f64) = (0.0, 1.0);
+    /// `[network] nic_gb_s` per GPU, closed range: 0.1 GB/s (~1 Gb/s) to 10 TB/s.
+    pub const NIC_GB_S: (f64, f64) = (0.1, 10_000.0);
+}
+
 /// A whole deployment: worker groups, router, KV-event feed and network.
 #[derive(Clone, Debug)]
 pub struct Deployment {
     pub name: String,
+    /// The file it was read from, as given (names it in errors).
+    pub file: String,
     pub description: String,
     pub groups: Vec<Group>,
     pub router: RouterConfig,
@@ -172,6 +197,20 @@ struct RawGroup {
 impl Deployment {
     /// Read and validate a deployment file. Errors name the file and the field.
     pub fn load(path: &Path) -> Result<Self, SimError> {
+        let meta = std::fs::metadata(path).map_err(|e| SimError::Config {
+            file: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        if meta.len() > limits::MAX_FILE_BYTES {
+            return Err(SimError::Config {
+                file: path.display().to_string(),
+                message: format!(
+                    "{} bytes is not a deployment file (at most {} bytes)",
+                    meta.len(),
+                    limits::MAX_FILE_BYTES
+                ),
+            });
+        }
         let text = std::fs::read_to_string(path).map_err(|e| SimError::Config {
             file: path.display().to_string(),
             message: format!("cannot read: {e}"),
@@ -179,27 +218,55 @@ impl Deployment {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// Parse a deployment from TOML text; `file` names it in errors.
+    /// Parse a deployment from TOML text; `file` names it in errors (with `:line:column` for
+    /// a value out of its bounds).
     pub fn parse(text: &str, file: &str) -> Result<Self, SimError> {
         let err = |message: String| SimError::Config {
             file: file.to_string(),
             message,
         };
+        if text.len() as u64 > limits::MAX_FILE_BYTES {
+            return Err(err(format!(
+                "{} bytes is not a deployment file (at most {} bytes)",
+                text.len(),
+                limits::MAX_FILE_BYTES
+            )));
+        }
+        let loc = Locator::new(text);
+        if loc.looks_like_recipe() {
+            return Err(err(
+                "this is a `lab ab` recipe (a, b, goodput, [trace]), not a deployment file: pass one of the deployment files it names (its `a` or `b`)".into(),
+            ));
+        }
         let raw: RawDeployment =
             toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+        // A value out of bounds: `file:line:column` of the value when it can be found.
+        let at = |path: &[&[Key]], message: String| SimError::Config {
+            file: match path.iter().find_map(|p| loc.find(p)) {
+                Some(pos) => format!("{file}:{pos}"),
+                None => file.to_string(),
+            },
+            message,
+        };
         if raw.groups.is_empty() {
             return Err(err(
                 "no worker groups: add at least one [[group]] with a count".into(),
             ));
         }
         let mut groups = Vec::with_capacity(raw.groups.len());
+        let (mut workers, mut gpus) = (0u64, 0u64);
         for (i, g) in raw.groups.into_iter().enumerate() {
-            if g.count == 0 {
-                return Err(err(format!(
-                    "group {} ([[group]] #{}): count must be at least 1",
-                    i,
-                    i + 1
-                )));
+            let count_at = [Key::T("group"), Key::I(i), Key::T("count")];
+            if g.count == 0 || g.count > limits::MAX_COUNT {
+                return Err(at(
+                    &[&count_at],
+                    format!(
+                        "[[group]] #{}: count must be in 1..={}, got {}",
+                        i + 1,
+                        limits::MAX_COUNT,
+                        g.count
+                    ),
+                ));
             }
             let mut table = raw.engine.clone();
             for (k, v) in g.engine {
@@ -218,6 +285,33 @@ impl Deployment {
             if let Some(role) = g.role {
                 engine.role = role;
             }
+            if let Err(e) = engine.check_bounds() {
+                return Err(at(
+                    &[
+                        &[
+                            Key::T("group"),
+                            Key::I(i),
+                            Key::T("engine"),
+                            Key::T(e.field),
+                        ],
+                        &[Key::T("engine"), Key::T(e.field)],
+                    ],
+                    format!("[[group]] #{} engine: {}", i + 1, e.message),
+                ));
+            }
+            workers += g.count as u64;
+            gpus += g.count as u64 * engine.gpus() as u64;
+            if workers > limits::MAX_WORKERS as u64 || gpus > limits::MAX_GPUS {
+                return Err(at(
+                    &[&count_at],
+                    format!(
+                        "too large: {workers} workers on {gpus} GPUs by [[group]] #{} (at most {} workers and {} GPUs per deployment)",
+                        i + 1,
+                        limits::MAX_WORKERS,
+                        limits::MAX_GPUS
+                    ),
+                ));
+            }
             groups.push(Group {
                 count: g.count,
                 engine,
@@ -229,23 +323,45 @@ impl Deployment {
                 "a disaggregated deployment needs both a prefill and a decode group".into(),
             ));
         }
-        if raw.events.lag_ms < 0.0 || !raw.events.lag_ms.is_finite() {
-            return Err(err(format!(
-                "[events] lag_ms must be >= 0, got {}",
-                raw.events.lag_ms
-            )));
+        let range = |table: &'static str,
+                     field: &'static str,
+                     v: f64,
+                     (lo, hi): (f64, f64),
+                     lo_open: bool| {
+            let ok = v.is_finite() && v <= hi && if lo_open { v > lo } else { v >= lo };
+            if ok {
+                Ok(())
+            } else {
+                Err(at(
+                    &[&[Key::T(table), Key::T(field)]],
+                    format!(
+                        "[{table}] {field} must be in {}{lo}, {hi}], got {v:?}",
+                        if lo_open { "(" } else { "[" }
+                    ),
+                ))
+            }
+        };
+        range("events", "lag_ms", raw.events.lag_ms, limits::LAG_MS, false)?;
+        range(
+            "network",
+            "setup_ms",
+            raw.network.setup_ms,
+            limits::SETUP_MS,
+            false,
+        )?;
+        range(
+            "network",
+            "efficiency",
+            raw.network.efficiency,
+            limits::EFFICIENCY,
+            true,
+        )?;
+        if let Some(b) = raw.network.nic_gb_s {
+            range("network", "nic_gb_s", b, limits::NIC_GB_S, false)?;
         }
-        if !(raw.network.efficiency > 0.0 && raw.network.efficiency <= 1.0) {
-            return Err(err(format!(
-                "[network] efficiency must be in (0, 1], got {}",
-                raw.network.efficiency
-            )));
-        }
-        if raw.network.setup_ms < 0.0 || raw.network.nic_gb_s.is_some_and(|b| b <= 0.0) {
-            return Err(err(
-                "[network] setup_ms must be >= 0 and nic_gb_s > 0".into()
-            ));
-        }
+        raw.router
+            .validate()
+            .map_err(|e| at(&[&[Key::T("router")]], format!("[router] {e}")))?;
         Ok(Deployment {
             name: raw.name.unwrap_or_else(|| {
                 Path::new(file)
@@ -253,6 +369,7 @@ impl Deployment {
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "deployment".into())
             }),
+            file: file.to_string(),
             description: raw.description,
             groups,
             router: raw.router,
@@ -276,5 +393,62 @@ impl Deployment {
     /// Total GPUs.
     pub fn gpus(&self) -> u32 {
         self.groups.iter().map(|g| g.count * g.engine.gpus()).sum()
+    }
+}
+
+/// One step of a path into the TOML document: a table key or an array index.
+#[derive(Clone, Copy)]
+enum Key {
+    T(&'static str),
+    I(usize),
+}
+
+/// Finds where a value is written, for `file:line:column` in errors.
+struct Locator<'a> {
+    text: &'a str,
+    doc: Option<toml::Spanned<toml::de::DeTable<'a>>>,
+}
+
+impl<'a> Locator<'a> {
+    fn new(text: &'a str) -> Self {
+        Locator {
+            text,
+            doc: toml::de::DeTable::parse(text).ok(),
+        }
+    }
+
+    /// True when the top level has a recipe's keys (`a`, `b` and `goodput` or `[trace]`).
+    fn looks_like_recipe(&self) -> bool {
+        let Some(doc) = &self.doc else { return false };
+        let has = |k: &str| doc.get_ref().iter().any(|(key, _)| key.get_ref() == k);
+        has("a") && has("b") && (has("goodput") || has("trace")) && !has("group")
+    }
+
+    /// `line:column` (1-based) of the value at `path`.
+    fn find(&self, path: &[Key]) -> Option<String> {
+        use toml::de::DeValue;
+        let doc = self.doc.as_ref()?;
+        let mut span = doc.span();
+        let mut table = Some(doc.get_ref());
+        let mut array: Option<&[toml::Spanned<DeValue<'_>>]> = None;
+        for k in path {
+            let v = match *k {
+                Key::T(name) => table?
+                    .iter()
+                    .find(|(key, _)| key.get_ref() == name)
+                    .map(|(_, v)| v)?,
+                Key::I(i) => array?.get(i)?,
+            };
+            span = v.span();
+            (table, array) = match v.get_ref() {
+                DeValue::Table(t) => (Some(t), None),
+                DeValue::Array(a) => (None, Some(&a[..])),
+                _ => (None, None),
+            };
+        }
+        let before = self.text.get(..span.start)?;
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Some(format!("{line}:{col}"))
     }
 }

@@ -27,15 +27,20 @@ pub use sim::{RoutingReport, RunOptions, SimOutput, WorkerReport, simulate};
 pub enum SimError {
     #[error("{file}: {message}")]
     Config { file: String, message: String },
-    #[error("{deployment}: group {group} ({role}): {source}")]
+    /// A group's engine cannot be built. `file` is the deployment file; the engine's error is
+    /// part of this message, not a separate cause (so `{:#}` prints it once).
+    #[error("{file}: [[group]] #{group} ({role}): {error}")]
     Engine {
-        deployment: String,
+        file: String,
         group: usize,
         role: String,
-        source: switchyard_engine::EngineError,
+        error: switchyard_engine::EngineError,
     },
-    #[error("{deployment}: {message}")]
-    Invalid { deployment: String, message: String },
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+    /// The run would need more memory than there is (estimated before allocating).
+    #[error("{file}: {message}")]
+    TooLarge { file: String, message: String },
     #[error("{0}")]
     Route(#[from] switchyard_route::RouteError),
     #[error("{0}")]

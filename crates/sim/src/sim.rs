@@ -26,6 +26,9 @@ pub struct RunOptions {
     /// for tests that check exactly that).
     #[doc(hidden)]
     pub real_block_hashes: bool,
+    /// Refuse a run whose estimated memory (workers' KV pools, per-request state) exceeds this
+    /// many bytes; `None`: no check. Default: [`switchyard_trace::memory::budget_bytes`].
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for RunOptions {
@@ -34,6 +37,7 @@ impl Default for RunOptions {
             speedup: 1.0,
             seed: None,
             real_block_hashes: false,
+            memory_budget: switchyard_trace::memory::budget_bytes(),
         }
     }
 }
@@ -217,7 +221,7 @@ impl<'a> Sim<'a> {
         opts: &RunOptions,
     ) -> Result<Self, SimError> {
         let invalid = |message: String| SimError::Invalid {
-            deployment: dep.name.clone(),
+            file: dep.file.clone(),
             message,
         };
         if !(opts.speedup.is_finite() && opts.speedup > 0.0) {
@@ -226,6 +230,31 @@ impl<'a> Sim<'a> {
                 opts.speedup
             )));
         }
+        // Estimate memory before allocating: per-request state (the block hashes of a prompt
+        // live until its KV has moved), then each group's KV pools as its engine is built.
+        let too_large = |need: u64, what: &str| {
+            switchyard_trace::memory::check(need, opts.memory_budget, what).map_err(|message| {
+                SimError::TooLarge {
+                    file: dep.file.clone(),
+                    message,
+                }
+            })
+        };
+        let engine_block = dep
+            .groups
+            .first()
+            .map_or(16, |g| g.engine.block_size.max(1)) as u64;
+        let per_request =
+            (std::mem::size_of::<Req>() + std::mem::size_of::<RequestRecord>()) as u64;
+        let mut need: u64 = trace
+            .requests
+            .iter()
+            .map(|r| per_request + (r.input_length as u64).div_ceil(engine_block) * 8)
+            .sum();
+        too_large(
+            need,
+            &format!("simulating {} requests", trace.requests.len()),
+        )?;
         let mut workers = Vec::new();
         let mut link_bw = Vec::new();
         let mut link_base = Vec::new();
@@ -240,11 +269,11 @@ impl<'a> Sim<'a> {
                 dep.router.policy == switchyard_route::PolicyKind::Kv || dep.is_disaggregated();
             cfg.kv_events =
                 kv_policy && dep.router.kv_feed != switchyard_route::KvFeed::Approximate;
-            let engine = Engine::new(catalog, &cfg).map_err(|source| SimError::Engine {
-                deployment: dep.name.clone(),
+            let engine = Engine::new(catalog, &cfg).map_err(|error| SimError::Engine {
+                file: dep.file.clone(),
                 group: gi + 1,
                 role: role.into(),
-                source,
+                error,
             })?;
             if *block_size.get_or_insert(cfg.block_size) != cfg.block_size {
                 return Err(invalid(
@@ -260,12 +289,22 @@ impl<'a> Sim<'a> {
                         .into(),
                 ));
             }
-            let gpu = catalog.gpu(&cfg.gpu).map_err(|source| SimError::Engine {
-                deployment: dep.name.clone(),
+            let gpu = catalog.gpu(&cfg.gpu).map_err(|error| SimError::Engine {
+                file: dep.file.clone(),
                 group: gi + 1,
                 role: role.into(),
-                source,
+                error,
             })?;
+            need = need.saturating_add(g.count as u64 * engine.host_bytes_estimate());
+            too_large(
+                need,
+                &format!(
+                    "[[group]] #{} ({role}: {} workers x {} KV blocks each)",
+                    gi + 1,
+                    g.count,
+                    engine.kv_capacity_blocks()
+                ),
+            )?;
             let nic = dep.network.nic_gb_s.unwrap_or(gpu.nic_gb_s) * 1e9 * dep.network.efficiency;
             for _ in 0..g.count {
                 link_base.push(link_bw.len());

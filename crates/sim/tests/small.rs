@@ -149,7 +149,10 @@ fn bad_deployments_name_the_problem() {
         "{e}"
     );
     let e = Deployment::parse(&AGG.replace("count = 2", "count = 0"), "d.toml").unwrap_err();
-    assert!(e.to_string().contains("count must be at least 1"), "{e}");
+    assert!(
+        e.to_string().contains("count must be in 1..=10000, got 0"),
+        "{e}"
+    );
     let e = Deployment::parse(
         &AGG.replace("role = \"aggregated\"", "role = \"prefill\""),
         "d.toml",
@@ -175,7 +178,7 @@ fn bad_deployments_name_the_problem() {
     .err()
     .unwrap()
     .to_string();
-    assert!(err.contains("group 1") && err.contains("TP3"), "{err}");
+    assert!(err.contains("[[group]] #1") && err.contains("TP3"), "{err}");
     // Does not fit: Llama-3.1-70B BF16 on one H100.
     let dep = Deployment::parse(
         &AGG.replace("gpu = \"H200\"", "gpu = \"H100-SXM\"")

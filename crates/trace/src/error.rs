@@ -29,6 +29,13 @@ pub enum TraceError {
         line: usize,
         message: String,
     },
+    /// The trace would not fit in memory (estimated while reading, before it is exhausted).
+    #[error("{path}:{line}: {message}")]
+    TooLarge {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("{path}: the trace has no requests (empty file or only blank lines)")]
     Empty { path: PathBuf },
     #[error(

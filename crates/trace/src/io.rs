@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Issue, IssueKind, TraceError};
+use crate::limits;
 use crate::record::{Trace, TraceRequest, blocks_for};
 
 /// How to read a trace.
@@ -15,6 +16,11 @@ pub struct LoadOptions {
     pub block_size: u32,
     /// Turn every warning (usable but suspicious data) into an error.
     pub strict: bool,
+    /// Longest line accepted, in bytes (default: [`crate::limits::max_line_bytes`]).
+    pub max_line_bytes: usize,
+    /// Refuse a trace whose requests would take more memory than this many bytes; `None`: no
+    /// check (default: [`crate::memory::budget_bytes`]).
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for LoadOptions {
@@ -22,6 +28,8 @@ impl Default for LoadOptions {
         Self {
             block_size: crate::DEFAULT_BLOCK_SIZE,
             strict: false,
+            max_line_bytes: crate::limits::max_line_bytes(),
+            memory_budget: crate::memory::budget_bytes(),
         }
     }
 }
@@ -130,18 +138,45 @@ fn parse_inner<R: BufRead>(
     let mut log = IssueLog {
         by_kind: BTreeMap::new(),
     };
-    let mut buf = String::new();
+    let mut buf = Vec::new();
     let mut line_no = 0usize;
     let mut last_ts = f64::NEG_INFINITY;
+    // (timestamp, line) of the earliest and latest arrival, for the span bound.
+    let mut first = (f64::INFINITY, 0usize);
+    let mut latest = (f64::NEG_INFINITY, 0usize);
+    let mut bytes: u64 = 0;
+    let max_line = opts.max_line_bytes.max(1);
     loop {
         buf.clear();
-        match reader.read_line(&mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(source) => return Err(read_error(path, line_no, gz, source)),
+        // At most one byte past the limit: a hostile line never gets buffered whole.
+        let n = (&mut reader)
+            .take(max_line as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|source| read_error(path, line_no, gz, source))?;
+        if n == 0 {
+            break;
         }
         line_no += 1;
-        let text = buf.trim();
+        if buf.len() > max_line && !buf.ends_with(b"\n") {
+            return Err(invalid(
+                line_no,
+                format!(
+                    "line longer than {max_line} bytes (the limit; set {} to raise it)",
+                    limits::MAX_LINE_ENV
+                ),
+            ));
+        }
+        let text = std::str::from_utf8(&buf).map_err(|e| {
+            invalid(
+                line_no,
+                format!(
+                    "not UTF-8 text: invalid byte 0x{:02x} at column {}",
+                    buf[e.valid_up_to()],
+                    e.valid_up_to() + 1
+                ),
+            )
+        })?;
+        let text = text.trim();
         if text.is_empty() {
             continue;
         }
@@ -162,6 +197,36 @@ fn parse_inner<R: BufRead>(
             );
         }
         last_ts = last_ts.max(req.timestamp);
+        if req.timestamp < first.0 {
+            first = (req.timestamp, line_no);
+        }
+        if req.timestamp > latest.0 {
+            latest = (req.timestamp, line_no);
+        }
+        if latest.0 - first.0 > limits::MAX_SPAN_MS {
+            return Err(invalid(
+                line_no,
+                format!(
+                    "the trace would span {:.0} days (timestamp {:?} ms at line {}, {:?} ms at line {}); at most {:.0} days are accepted",
+                    (latest.0 - first.0) / 86_400_000.0,
+                    first.0,
+                    first.1,
+                    latest.0,
+                    latest.1,
+                    limits::MAX_SPAN_MS / 86_400_000.0
+                ),
+            ));
+        }
+        bytes += request_bytes(&req);
+        if let Err(m) =
+            crate::memory::check(bytes, opts.memory_budget, &format!("{line_no} requests"))
+        {
+            return Err(TraceError::TooLarge {
+                path: path.to_path_buf(),
+                line: line_no,
+                message: m,
+            });
+        }
         requests.push(req);
     }
     if requests.is_empty() {
@@ -208,6 +273,14 @@ fn read_error(path: &Path, line: usize, gz: bool, source: std::io::Error) -> Tra
     }
 }
 
+/// Memory one loaded request takes, for the budget.
+fn request_bytes(r: &TraceRequest) -> u64 {
+    (std::mem::size_of::<TraceRequest>()
+        + r.hash_ids.capacity() * 8
+        + r.session_id.as_ref().map_or(0, |s| s.capacity())
+        + r.text_input.as_ref().map_or(0, |s| s.capacity())) as u64
+}
+
 fn check_row(
     row: RawRow,
     block_size: u32,
@@ -215,9 +288,18 @@ fn check_row(
     log: &mut IssueLog,
 ) -> Result<TraceRequest, String> {
     let timestamp = row.timestamp.ok_or("missing field `timestamp`")?;
-    if !timestamp.is_finite() || timestamp < 0.0 {
+    if !(timestamp.is_finite() && (0.0..=limits::MAX_TIMESTAMP_MS).contains(&timestamp)) {
         return Err(format!(
-            "timestamp must be a non-negative number of ms, got {timestamp}"
+            "timestamp must be a number of ms in [0, {:e}], got {timestamp:?}",
+            limits::MAX_TIMESTAMP_MS
+        ));
+    }
+    if let Some(d) = row.delay
+        && !(d.is_finite() && (0.0..=limits::MAX_SPAN_MS).contains(&d))
+    {
+        return Err(format!(
+            "delay must be a number of ms in [0, {:e}] (366 days), got {d:?}",
+            limits::MAX_SPAN_MS
         ));
     }
     let input_length = positive(row.input_length, "input_length")?;
@@ -243,6 +325,7 @@ fn check_row(
             ),
         );
         hash_ids.truncate(need);
+        hash_ids.shrink_to_fit();
     }
     let session_id = row.session_id.and_then(|v| match v {
         serde_json::Value::String(s) => Some(s),
@@ -262,12 +345,13 @@ fn check_row(
 
 fn positive(v: Option<i64>, name: &str) -> Result<u32, String> {
     let v = v.ok_or_else(|| format!("missing field `{name}`"))?;
-    if v <= 0 {
+    if v <= 0 || v > limits::MAX_TOKENS as i64 {
         return Err(format!(
-            "{name} must be a positive number of tokens, got {v}"
+            "{name} must be a number of tokens in 1..={}, got {v}",
+            limits::MAX_TOKENS
         ));
     }
-    u32::try_from(v).map_err(|_| format!("{name} {v} is too large (max {})", u32::MAX))
+    Ok(v as u32)
 }
 
 /// Write a trace as JSONL; gzip-compressed when the path ends in `.gz`.

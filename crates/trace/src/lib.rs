@@ -9,6 +9,8 @@ mod analyze;
 mod error;
 mod hist;
 mod io;
+pub mod limits;
+pub mod memory;
 mod record;
 mod synth;
 
@@ -18,7 +20,7 @@ pub use hist::{Bin, Histogram};
 pub use io::{LoadOptions, Loaded, load, load_reader, parse_reader, write_jsonl};
 pub use record::{Trace, TraceRequest};
 pub use switchyard_metrics::Stats;
-pub use synth::{SynthConfig, SynthReport, synthesize};
+pub use synth::{SynthConfig, SynthReport, synthesize, synthesize_within};
 
 /// Tokens per `hash_id` block in Mooncake traces.
 pub const DEFAULT_BLOCK_SIZE: u32 = 512;

@@ -122,8 +122,19 @@ impl SynthConfig {
                 self.speedup_ratio
             ));
         }
-        if self.num_requests == Some(0) {
-            return bad("--num-requests must be at least 1".into());
+        if let Some(n) = self.num_requests
+            && (n == 0 || n > crate::limits::MAX_SYNTH_REQUESTS)
+        {
+            return bad(format!(
+                "--num-requests must be in 1..={}, got {n}",
+                crate::limits::MAX_SYNTH_REQUESTS
+            ));
+        }
+        if self.speedup_ratio > 1e6 {
+            return bad(format!(
+                "--speedup-ratio must be at most 1e6, got {:?}",
+                self.speedup_ratio
+            ));
         }
         if self.max_isl == Some(0) {
             return bad("--max-isl must be at least 1".into());
@@ -156,6 +167,16 @@ struct Shape {
 pub fn synthesize(
     seed_trace: &Trace,
     cfg: &SynthConfig,
+) -> Result<(Trace, SynthReport), TraceError> {
+    synthesize_within(seed_trace, cfg, crate::memory::budget_bytes())
+}
+
+/// [`synthesize`], refusing (before allocating) output that would need more than
+/// `memory_budget` bytes (`None`: no check).
+pub fn synthesize_within(
+    seed_trace: &Trace,
+    cfg: &SynthConfig,
+    memory_budget: Option<u64>,
 ) -> Result<(Trace, SynthReport), TraceError> {
     cfg.validate()?;
     let src = &seed_trace.requests;
@@ -199,18 +220,36 @@ pub fn synthesize(
             None => blocks * bs as u64 + ((s.unique_tokens as f64 * p).round() as u64).max(1),
         }
     };
-    let fits: Vec<bool> = shapes
-        .iter()
-        .map(|s| cfg.max_isl.is_none_or(|mx| new_isl(s) <= mx as u64))
-        .collect();
+    // Stretched requests never exceed the loader's bound (it would refuse to read them back).
+    let max_isl = cfg
+        .max_isl
+        .unwrap_or(crate::limits::MAX_TOKENS)
+        .min(crate::limits::MAX_TOKENS) as u64;
+    let fits: Vec<bool> = shapes.iter().map(|s| new_isl(s) <= max_isl).collect();
     let over = fits.iter().filter(|f| !**f).count();
     if over == src.len() {
         return Err(TraceError::Param(format!(
             "no request of the seed trace fits --max-isl {} after stretching (shortest would be {} tokens)",
-            cfg.max_isl.unwrap_or(0),
+            max_isl,
             shapes.iter().map(new_isl).min().unwrap_or(0)
         )));
     }
+    // Memory of the output, estimated from the fitting seed requests' stretched sizes.
+    let n_out_est = cfg.num_requests.unwrap_or(src.len()) as u64;
+    let (fit_n, fit_blocks) = shapes
+        .iter()
+        .zip(&fits)
+        .filter(|(_, f)| **f)
+        .fold((0u64, 0u64), |(n, b), (s, _)| {
+            (n + 1, b + new_isl(s).div_ceil(bs as u64))
+        });
+    let per_request = std::mem::size_of::<TraceRequest>() as u64 + 8 * fit_blocks / fit_n.max(1);
+    crate::memory::check(
+        n_out_est.saturating_mul(per_request),
+        memory_budget,
+        &format!("synthesizing {n_out_est} requests"),
+    )
+    .map_err(TraceError::Param)?;
 
     let k = m.ceil().max(1.0) as u64; // id slots per original id
     let tree_ids = (max_id + 1) * k; // id space of one copy of the tree
@@ -377,6 +416,42 @@ mod tests {
         );
         // Deterministic for a seed.
         assert_eq!(synthesize(&seed(), &cfg).unwrap().0, t);
+    }
+
+    #[test]
+    fn outputs_that_cannot_fit_in_memory_are_refused_before_allocating() {
+        // 10^9 requests: over the documented cap.
+        let cfg = SynthConfig {
+            num_requests: Some(1_000_000_000),
+            ..Default::default()
+        };
+        let e = synthesize(&seed(), &cfg).unwrap_err().to_string();
+        assert!(e.contains("--num-requests must be in 1..=100000000"), "{e}");
+        // Within the cap but over the memory budget: refused with the estimate.
+        let cfg = SynthConfig {
+            num_requests: Some(50_000_000),
+            ..Default::default()
+        };
+        let e = synthesize_within(&seed(), &cfg, Some(1 << 30))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("synthesizing 50000000 requests needs about")
+                && e.contains("more than the 1.00 GiB available"),
+            "{e}"
+        );
+        // Stretching past the loader's token bound drops the request like --max-isl would.
+        let cfg = SynthConfig {
+            prompt_len_multiplier: 1000.0,
+            prefix_len_multiplier: 1000.0,
+            ..Default::default()
+        };
+        let huge = Trace {
+            requests: vec![TraceRequest::new(0.0, 20_000, 5, (0..40).collect())],
+            block_size: 512,
+        };
+        let e = synthesize(&huge, &cfg).unwrap_err().to_string();
+        assert!(e.contains("no request of the seed trace fits"), "{e}");
     }
 
     #[test]
