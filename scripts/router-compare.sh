@@ -35,14 +35,17 @@ for u in "${urls[@]}"; do wait_http "$u/health"; done
 s_rr=$(port); s_kv=$(port); g_rr=$(port); g_ca=$(port)
 "$BIN" serve --host 127.0.0.1 --port "$s_rr" --router round-robin "${wargs[@]}" >/dev/null 2>&1 & pids+=($!)
 "$BIN" serve --host 127.0.0.1 --port "$s_kv" --router kv --kv-feed approximate "${wargs[@]}" >/dev/null 2>&1 & pids+=($!)
-"$VENV/bin/python" -m sglang_router.launch_router --host 127.0.0.1 --port "$g_rr" --policy round_robin --worker-urls "${urls[@]}" >/dev/null 2>&1 & pids+=($!)
-"$VENV/bin/python" -m sglang_router.launch_router --host 127.0.0.1 --port "$g_ca" --policy cache_aware --worker-urls "${urls[@]}" >/dev/null 2>&1 & pids+=($!)
+LOGS=$ROOT/target/router-compare-logs; mkdir -p "$LOGS"
+"$VENV/bin/python" -m sglang_router.launch_router --host 127.0.0.1 --port "$g_rr" --policy round_robin --prometheus-port "$(port)" --worker-urls "${urls[@]}" >"$LOGS/sgl-rr.log" 2>&1 & pids+=($!)
+"$VENV/bin/python" -m sglang_router.launch_router --host 127.0.0.1 --port "$g_ca" --policy cache_aware --prometheus-port "$(port)" --worker-urls "${urls[@]}" >"$LOGS/sgl-ca.log" 2>&1 & pids+=($!)
 for p in $s_rr $s_kv; do wait_http "http://127.0.0.1:$p/ready"; done
 for p in $g_rr $g_ca; do
-  for _ in $(seq 1 200); do
-    curl -sf -o /dev/null -H 'content-type: application/json' -d '{"model":"Qwen3-32B","prompt":"x","max_tokens":1}' "http://127.0.0.1:$p/v1/completions" && break
+  up=0
+  for _ in $(seq 1 300); do
+    if curl -sf -o /dev/null -H 'content-type: application/json' -d '{"model":"Qwen3-32B","prompt":"x","max_tokens":1}' "http://127.0.0.1:$p/v1/completions"; then up=1; break; fi
     sleep 0.2
   done
+  [ "$up" = 1 ] || { echo "sglang-router on port $p never answered (logs in $LOGS)" >&2; exit 1; }
 done
 echo "== $WORKERS zero-delay workers; $N sequential requests x 3 rounds per path; sglang-router $("$VENV/bin/pip" show sglang-router | awk '/^Version/{print $2}')"
 python3 scripts/router_latency.py "${urls[0]}" "$N" \
