@@ -882,6 +882,8 @@ struct WorkerEntry {
     runtime: bool,
     /// Requests in flight on it through this frontend.
     inflight: Arc<AtomicU64>,
+    /// The block size of its KV events when it differs from the router's (0: none seen).
+    foreign_block_size: AtomicU32,
     /// Since when it has been failing health checks (ms since the state's start; 0 = healthy).
     unhealthy_since_ms: AtomicU64,
 }
@@ -1092,6 +1094,7 @@ impl ServeState {
             discovered_as,
             runtime,
             inflight: Arc::new(AtomicU64::new(0)),
+            foreign_block_size: AtomicU32::new(0),
             unhealthy_since_ms: AtomicU64::new(self.ms()),
         });
         {
@@ -2031,6 +2034,13 @@ fn apply_payload(
                 }
                 if *block_size != bs {
                     m.event_errors.fetch_add(1, Ordering::Relaxed);
+                    m.block_size_mismatches.fetch_add(1, Ordering::Relaxed);
+                    if w.foreign_block_size.swap(*block_size, Ordering::Relaxed) != *block_size {
+                        eprintln!(
+                            "switchyard serve: ERROR: worker {} publishes KV events in {block_size}-token blocks but the router hashes {bs}-token blocks: its cache is invisible to KV-aware routing (start serve with --block-size {block_size}); /ready is 503 until fixed",
+                            w.spec.url
+                        );
+                    }
                     continue;
                 }
                 let (ev, issue) =
@@ -2156,11 +2166,23 @@ async fn ready(State(st): State<Arc<ServeState>>) -> Response {
     // Warm-up gates readiness only for replicas of a fleet (`--discovery`/`--nats`): the
     // others take the traffic meanwhile. A lone frontend serves at once.
     let warm = st.is_warm();
+    let mismatch = ws.iter().find_map(|w| {
+        let b = w.foreign_block_size.load(Ordering::Relaxed);
+        (b != 0).then(|| (w.id, b))
+    });
+    let mismatch_reason = mismatch.map(|(id, b)| {
+        format!(
+            "configuration error: worker #{id} publishes KV events in {b}-token blocks, the router hashes {}-token blocks (--block-size)",
+            st.hasher.block_size()
+        )
+    });
     let (ok, reason) = if st.draining.load(Ordering::Relaxed) {
         (
             false,
             "draining: shutting down, finishing the requests in flight",
         )
+    } else if let Some(r) = &mismatch_reason {
+        (false, r.as_str())
     } else if ok && st.cluster.clustered && !warm {
         (
             false,
@@ -3060,6 +3082,7 @@ struct Metrics {
     upstream_errors: AtomicU64,
     midstream_errors: AtomicU64,
     upstream_timeouts: AtomicU64,
+    block_size_mismatches: AtomicU64,
     workers_dropped: AtomicU64,
     events: AtomicU64,
     event_batches: AtomicU64,
@@ -3224,6 +3247,13 @@ async fn metrics(State(st): State<Arc<ServeState>>) -> Response {
         "Undecodable KV event messages or block-size mismatches.",
         "",
         ld(&m.event_errors),
+    );
+    counter(
+        &mut out,
+        "switchyard_kv_block_size_mismatch_total",
+        "KV events in blocks of another size than the router hashes (a configuration error).",
+        "",
+        ld(&m.block_size_mismatches),
     );
     counter(
         &mut out,

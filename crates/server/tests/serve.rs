@@ -1064,3 +1064,35 @@ async fn small_production_papercuts() {
         "{m}"
     );
 }
+
+/// A worker whose KV events use another block size than the router hashes with is a
+/// configuration error said loudly: a metric, and `/ready` 503 with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_size_mismatch_is_loud() {
+    use switchyard_server::worker::{WorkerArgs, start_worker};
+    let mut cfg = engine_cfg();
+    cfg.block_size = 32;
+    let w = start_worker(
+        &WorkerArgs {
+            speedup: 1e6,
+            kv_events: Some("tcp://127.0.0.1:0".into()),
+            ..WorkerArgs::default()
+        },
+        cfg,
+    )
+    .await
+    .unwrap();
+    let spec = format!("{},kv-events={}", w.url(), w.kv_events.clone().unwrap());
+    let s = start_serve(&args(vec![spec], "kv")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = complete_ids(&s.url(), &(0..200).collect::<Vec<u32>>()).await;
+        let (st, body) = get(&format!("{}/ready", s.url())).await;
+        if st == 503 && body.contains("32-token blocks") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{st} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&s.url(), "switchyard_kv_block_size_mismatch_total").await >= 1.0);
+}

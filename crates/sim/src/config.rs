@@ -362,6 +362,48 @@ impl Deployment {
         raw.router
             .validate()
             .map_err(|e| at(&[&[Key::T("router")]], format!("[router] {e}")))?;
+        // What the router hashes with and how it breaks ties, resolved here, once, for `lab`,
+        // `serve --config` and anything else that reads the file: the engines' KV block size
+        // (a router hashing with another size matches no KV event) and one seed.
+        let mut router = raw.router;
+        let block_size = groups[0].engine.block_size;
+        if let Some(i) = groups
+            .iter()
+            .position(|g| g.engine.block_size != block_size)
+        {
+            return Err(err(format!(
+                "every group must use the same KV block_size (group #1 has {block_size}, group #{} has {})",
+                i + 1,
+                groups[i].engine.block_size
+            )));
+        }
+        let bs_at = [Key::T("router"), Key::T("block_size")];
+        if loc.find(&bs_at).is_some() && router.block_size != block_size {
+            return Err(at(
+                &[&bs_at],
+                format!(
+                    "[router] block_size {} differs from the engines' block_size {block_size}: the router must hash prompts in the engines' blocks (leave it out; it follows the engines)",
+                    router.block_size
+                ),
+            ));
+        }
+        router.block_size = block_size;
+        let router_seed_at = [Key::T("router"), Key::T("seed")];
+        let seed = match (raw.seed, loc.find(&router_seed_at).is_some()) {
+            (Some(s), true) if s != router.seed => {
+                return Err(at(
+                    &[&router_seed_at],
+                    format!(
+                        "two seeds: seed = {s} and [router] seed = {}; keep one (the top-level seed seeds the whole deployment)",
+                        router.seed
+                    ),
+                ));
+            }
+            (Some(s), _) => s,
+            (None, true) => router.seed,
+            (None, false) => defaults::SEED,
+        };
+        router.seed = seed;
         Ok(Deployment {
             name: raw.name.unwrap_or_else(|| {
                 Path::new(file)
@@ -372,10 +414,10 @@ impl Deployment {
             file: file.to_string(),
             description: raw.description,
             groups,
-            router: raw.router,
+            router,
             events: raw.events,
             network: raw.network,
-            seed: raw.seed.unwrap_or(defaults::SEED),
+            seed,
             source: text.to_string(),
         })
     }

@@ -208,3 +208,38 @@ fn an_oversized_file_is_refused() {
     let e = Deployment::load(&p).unwrap_err().to_string();
     assert!(e.contains("is not a deployment file"), "{e}");
 }
+
+/// The router's block size and seed are resolved when the file is read, the same for `lab`
+/// and `serve --config`: block size from the engines, one seed.
+#[test]
+fn router_block_size_and_seed_are_resolved_once() {
+    let bs32 = AGG.replace("tp = 2\n", "tp = 2\nblock_size = 32\n");
+    let d = Deployment::parse(&bs32, "d.toml").unwrap();
+    assert_eq!(d.router.block_size, 32, "follows the engines");
+    let e = parse_err(&bs32.replace(
+        "policy = \"round-robin\"",
+        "policy = \"round-robin\"\nblock_size = 16",
+    ));
+    assert!(
+        e.contains("d.toml:") && e.contains("block_size 16 differs"),
+        "{e}"
+    );
+    let with = |extra_top: &str, extra_router: &str| {
+        let t = AGG.replace(
+            "policy = \"round-robin\"",
+            &format!("policy = \"round-robin\"\n{extra_router}"),
+        );
+        format!("{extra_top}\n{t}")
+    };
+    let d = Deployment::parse(&with("seed = 7", ""), "d.toml").unwrap();
+    assert_eq!((d.seed, d.router.seed), (7, 7));
+    let d = Deployment::parse(&with("", "seed = 9"), "d.toml").unwrap();
+    assert_eq!(
+        (d.seed, d.router.seed),
+        (9, 9),
+        "the one seed given is the one used"
+    );
+    let e = parse_err(&with("seed = 7", "seed = 9"));
+    assert!(e.contains("two seeds"), "{e}");
+    assert!(Deployment::parse(&with("seed = 7", "seed = 7"), "d.toml").is_ok());
+}
