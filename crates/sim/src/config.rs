@@ -24,8 +24,7 @@
 //! policy = "kv"
 //!
 //! [events]            # how engines' KV events reach the router
-//! mode = "exact"      # exact | approximate (router predicts from its own decisions)
-//! lag_ms = 5.0
+//! lag_ms = 5.0        # (what feeds the index is [router] kv_feed: events | approximate | hybrid)
 //!
 //! [network]           # KV transfer between prefill and decode workers
 //! setup_ms = 1.0
@@ -404,6 +403,22 @@ impl Deployment {
             (None, false) => defaults::SEED,
         };
         router.seed = seed;
+        // `[events] mode` is the older spelling of `[router] kv_feed`: one knob, applied.
+        let mode_at = [Key::T("events"), Key::T("mode")];
+        if loc.find(&mode_at).is_some() {
+            let feed = match raw.events.mode {
+                EventMode::Exact => switchyard_route::KvFeed::Events,
+                EventMode::Approximate => switchyard_route::KvFeed::Approximate,
+            };
+            if loc.find(&[Key::T("router"), Key::T("kv_feed")]).is_some() && router.kv_feed != feed
+            {
+                return Err(at(
+                    &[&mode_at],
+                    "[events] mode contradicts [router] kv_feed; keep only [router] kv_feed (events | approximate | hybrid)".into(),
+                ));
+            }
+            router.kv_feed = feed;
+        }
         Ok(Deployment {
             name: raw.name.unwrap_or_else(|| {
                 Path::new(file)

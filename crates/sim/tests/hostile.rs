@@ -243,3 +243,20 @@ fn router_block_size_and_seed_are_resolved_once() {
     assert!(e.contains("two seeds"), "{e}");
     assert!(Deployment::parse(&with("seed = 7", "seed = 7"), "d.toml").is_ok());
 }
+
+/// `[events] mode` is applied (as `[router] kv_feed`), never silently ignored.
+#[test]
+fn events_mode_is_the_kv_feed() {
+    let approx = AGG.replace("[network]", "[events]\nmode = \"approximate\"\n[network]");
+    let d = Deployment::parse(&approx, "d.toml").unwrap();
+    assert_eq!(d.router.kv_feed, switchyard_route::KvFeed::Approximate);
+    let clash = approx.replace(
+        "policy = \"round-robin\"",
+        "policy = \"round-robin\"\nkv_feed = \"events\"",
+    );
+    assert!(
+        parse_err(&clash).contains("contradicts"),
+        "{}",
+        parse_err(&clash)
+    );
+}
