@@ -123,7 +123,10 @@ pub fn raise_fd_limit() -> u64 {
                 l.rlim_cur = l.rlim_max;
             }
         }
-        l.rlim_cur as u64
+        // rlim_t is not u64 on every platform.
+        #[allow(clippy::unnecessary_cast)]
+        let cur = l.rlim_cur as u64;
+        cur
     }
     #[cfg(not(unix))]
     {
@@ -136,19 +139,6 @@ pub fn raise_fd_limit() -> u64 {
 pub fn default_max_connections(fd_limit: u64) -> usize {
     let reserve = (fd_limit / 4).max(64);
     fd_limit.saturating_sub(reserve).clamp(16, 1 << 20) as usize
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_connection_cap_leaves_room_for_upstreams() {
-        assert_eq!(default_max_connections(1024), 768);
-        assert_eq!(default_max_connections(128), 64);
-        assert_eq!(default_max_connections(40), 16);
-        assert_eq!(default_max_connections(1 << 20), 786_432);
-    }
 }
 
 /// One unit of a bounded count (requests in flight), given back on drop.
@@ -188,4 +178,17 @@ pub fn hold_until_sent(resp: axum::response::Response, slot: Slot) -> axum::resp
         });
         axum::body::Body::from_stream(stream)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_leaves_room_for_upstreams() {
+        assert_eq!(default_max_connections(1024), 768);
+        assert_eq!(default_max_connections(128), 64);
+        assert_eq!(default_max_connections(40), 16);
+        assert_eq!(default_max_connections(1 << 20), 786_432);
+    }
 }
