@@ -3,7 +3,8 @@
 # prompts; a no-op when everything is present:
 #   - etcd + nats-server (cluster tests against real servers; Debian packages),
 #   - headless Chromium (renders lab's and bench's HTML reports; Debian package),
-#   - a Python venv under target/venv with openai, pyzmq and msgpack (interop tests).
+#   - a Python venv under target/venv with openai, pyzmq, msgpack and sglang-router (interop
+#     tests: the official client, ZMQ peers, SGLang's router in front of our workers).
 # Without root (or passwordless sudo) the Debian packages cannot be installed: outside CI
 # that is reported and the affected tests are skipped loudly (scripts/test.sh lists them);
 # with CI set it is an error.
@@ -37,7 +38,7 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
     fi
 fi
 
-if ! target/venv/bin/python -c "import openai, zmq, msgpack" >/dev/null 2>&1; then
+if ! target/venv/bin/python -c "import openai, zmq, msgpack, sglang_router" >/dev/null 2>&1; then
     echo "install-test-deps: python venv for interop tests (target/venv)"
     mkdir -p target
     if ! python3 -m venv target/venv 2>/dev/null; then
@@ -51,6 +52,6 @@ if ! target/venv/bin/python -c "import openai, zmq, msgpack" >/dev/null 2>&1; th
         fi
     fi
     if [ -x target/venv/bin/pip ]; then
-        target/venv/bin/pip install -q openai pyzmq msgpack || fail "pip install openai pyzmq msgpack failed"
+        target/venv/bin/pip install -q openai pyzmq msgpack sglang-router || fail "pip install openai pyzmq msgpack sglang-router failed"
     fi
 fi

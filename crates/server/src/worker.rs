@@ -626,6 +626,10 @@ fn worker_router(shared: Arc<Shared>, keys: Keys) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
+        .route("/model_info", get(model_info))
+        .route("/get_model_info", get(model_info))
+        .route("/server_info", get(server_info))
+        .route("/get_server_info", get(server_info))
         .route(crate::pd::PULL_PATH, post(kv_pull))
         .route(crate::pd::RELEASE_PATH, post(kv_release))
         .route_layer(axum::middleware::from_fn_with_state(keys, require_key))
@@ -1413,6 +1417,38 @@ async fn models(State(s): State<Arc<Shared>>) -> Response {
             "root": s.model,
             "max_model_len": s.max_model_len,
         }]
+    }))
+    .into_response()
+}
+
+/// SGLang's `/model_info` (and the older `/get_model_info`): what its router reads when a
+/// worker joins.
+async fn model_info(State(s): State<Arc<Shared>>) -> Response {
+    axum::Json(json!({
+        "model_path": s.model,
+        "tokenizer_path": null,
+        "is_generation": true,
+        "served_model_name": s.model,
+    }))
+    .into_response()
+}
+
+/// SGLang's `/server_info` (and `/get_server_info`): the parallel layout and limits.
+async fn server_info(State(s): State<Arc<Shared>>) -> Response {
+    let kv_tokens = s
+        .snapshot
+        .lock()
+        .map(|g| g.load.kv_blocks_total * u64::from(s.hasher.block_size()))
+        .unwrap_or(0);
+    axum::Json(json!({
+        "model_path": s.model,
+        "served_model_name": s.model,
+        "tp_size": s.tp,
+        "dp_size": s.dp_ranks,
+        "page_size": s.hasher.block_size(),
+        "context_length": s.max_model_len,
+        "max_total_num_tokens": kv_tokens,
+        "version": concat!("switchyard-", env!("CARGO_PKG_VERSION")),
     }))
     .into_response()
 }

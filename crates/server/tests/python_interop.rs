@@ -302,3 +302,93 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A child process killed on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SGLang's own router (`sglang-router` from PyPI) in front of our workers: it discovers them
+/// (`/health`, `/server_info`, `/model_info`), rewrites and forwards OpenAI requests, and
+/// streams their answers; our workers must serve all of it correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sglang_router_in_front_of_our_workers() {
+    let Some(py) = python() else { return };
+    let has_router = Command::new(&py)
+        .args(["-c", "import sglang_router"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_router {
+        switchyard_testkit::skip(
+            "server python_interop: sglang-router",
+            "sglang-router is not installed in the interop venv",
+            "bash scripts/test.sh (pip installs sglang-router into target/venv)",
+        );
+        return;
+    }
+    let ws = [worker(1e4, false).await, worker(1e4, false).await];
+    for w in &ws {
+        let (st, info) = get(&format!("{}/server_info", w.url())).await;
+        assert_eq!(st, 200, "{info}");
+        assert!(info.contains("\"dp_size\""), "{info}");
+    }
+    let port = free_port();
+    let mut cmd = Command::new(&py);
+    cmd.args([
+        "-m",
+        "sglang_router.launch_router",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--prometheus-port",
+        &free_port().to_string(),
+        "--policy",
+        "cache_aware",
+        "--worker-urls",
+    ])
+    .args(ws.iter().map(|w| w.url()))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let _router = Child(cmd.spawn().expect("sglang router starts"));
+    let base = format!("http://127.0.0.1:{port}");
+    let body = r#"{"model":"Qwen3-32B","prompt":"Hello from SGLang's router","max_tokens":5,"some_unknown_field":1}"#;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let v = loop {
+        if let Ok(r) = client()
+            .post(format!("{base}/v1/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            && r.status() == 200
+        {
+            break r.json::<Value>().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "sglang router never served");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(v["usage"]["completion_tokens"], 5, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    // Chat, streamed with usage, through the router.
+    let r = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(
+            r#"{"model":"Qwen3-32B","messages":[{"role":"user","content":"hi"}],"max_completion_tokens":7,"stream":true,"stream_options":{"include_usage":true}}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let data = sse_data(&text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 7, "{text}");
+}
