@@ -14,8 +14,12 @@ Copyright (c) 2025-2026 NVIDIA CORPORATION & AFFILIATES. What is derived (the ch
   of 2*m*n*k / (latency * peak). Per engine and weight format.
 - moe: the fused-MoE layer's achieved fraction of the peak per tokens routed to each expert
   (tokens * top_k / experts), median over the catalog's MoE shapes (DeepSeek-V3, Qwen3-235B-A22B,
-  MiniMax-M2.5) and every (moe_tp, moe_ep) split with power-law routing (1.01): FLOPs per GPU
+  MiniMax-M2.5) with power-law routing (1.01), one curve per split (moe_tp, moe_ep) over 1 to
+  8 GPUs: FLOPs per GPU
   = 2 * 3 * hidden * inter * top_k * tokens / (moe_tp * moe_ep).
+- attention: the decode-attention kernel's floor (microseconds per layer): median latency of
+  the generation-attention table at batch 1 and at most 127 cached tokens (no sliding window),
+  all head layouts. Added per layer to every step with decodes, on top of the KV streaming.
 - allreduce: latency (microseconds) of a BF16 all-reduce by message size in bytes, per GPU count
   (the engine's custom all-reduce, CUDA-graph variant where both are measured; NCCL otherwise).
 
@@ -90,28 +94,36 @@ def gemm_curve(df, dtype_names, pk):
     return None
 
 
-def moe_curve(df, dtype_names, pk):
+def moe_curves(df, dtype_names, pk):
+    """One curve per split (moe_tp, moe_ep) over 1 to 8 GPUs: per-GPU efficiency falls as the
+    layer is split over more GPUs, and differs between tensor- and expert-parallel experts."""
+    splits = [(t, e) for n in [1, 2, 4, 8] for t in [1, 2, 4, 8] for e in [1, 2, 4, 8] if t * e == n]
     for dn in dtype_names:
         d = df[(df.moe_dtype == dn) & (df.distribution == "power_law_1.01")]
-        pts = []
-        for h, i, k, e in MOE_SHAPES:
-            s = d[(d.hidden_size == h) & (d.inter_size == i) & (d.topk == k) & (d.num_experts == e)]
-            for _, g in s.groupby(["moe_tp_size", "moe_ep_size", "kernel_source"]):
-                gpus = int(g.moe_tp_size.iloc[0] * g.moe_ep_size.iloc[0])
-                g = g.groupby("num_tokens").latency.min()
-                t = g.index.values.astype(float)
-                eff = 2.0 * 3 * h * i * k * t / gpus / (g.values * 1e-3) / pk
-                x = t * k / e
-                vals, inside = interp_log(x, eff, MOE_X)
-                pts.append(np.where(inside, vals, np.nan))
-        if len(pts) < 2:
-            continue
-        with np.errstate(all="ignore"):
+        out = []
+        for mtp, mep in splits:
+            n = mtp * mep
+            pts = []
+            for h, i, k, e in MOE_SHAPES:
+                s = d[(d.hidden_size == h) & (d.inter_size == i) & (d.topk == k) & (d.num_experts == e)]
+                s = s[(s.moe_tp_size == mtp) & (s.moe_ep_size == mep)]
+                for _, g in s.groupby(["moe_tp_size", "moe_ep_size", "kernel_source"]):
+                    g = g.groupby("num_tokens").latency.min()
+                    t = g.index.values.astype(float)
+                    eff = 2.0 * 3 * h * i * k * t / n / (g.values * 1e-3) / pk
+                    vals, inside = interp_log(t * k / e, eff, MOE_X)
+                    pts.append(np.where(inside, vals, np.nan))
+            if not pts:
+                continue
             stack = np.vstack(pts)
             cnt = (~np.isnan(stack)).sum(axis=0)
-            med = np.array([np.nanmedian(stack[:, j]) if cnt[j] else np.nan for j in range(stack.shape[1])])
-        keep = ~np.isnan(med)
-        return dn, [float(x) for x in np.asarray(MOE_X)[keep]], [float(f"{v:.4g}") for v in med[keep]]
+            with np.errstate(all="ignore"):
+                med = np.array([np.nanmedian(stack[:, j]) if cnt[j] else np.nan for j in range(stack.shape[1])])
+            keep = ~np.isnan(med)
+            if keep.sum() >= 2:
+                out.append((mtp, mep, [float(x) for x in np.asarray(MOE_X)[keep]], [float(f"{v:.4g}") for v in med[keep]]))
+        if out:
+            return dn, out
     return None
 
 
@@ -174,11 +186,19 @@ def main():
                 pk = peak(gpu, dt)
                 if mdf is None or pk <= 0:
                     continue
-                c = moe_curve(mdf, names, pk)
+                c = moe_curves(mdf, names, pk)
                 if c:
-                    lines += ["[[moe]]", f'engine = "{backend}"', f'dtype = "{dt}"',
-                              f'source = "moe/{backend}/{mver}/moe_perf.parquet ({c[0]})"',
-                              f"tokens_per_expert = {fmt_list(c[1])}", f"efficiency = {fmt_list(c[2])}", ""]
+                    for mtp, mep, xs, ys in c[1]:
+                        lines += ["[[moe]]", f'engine = "{backend}"', f'dtype = "{dt}"', f"tp = {mtp}", f"ep = {mep}",
+                                  f'source = "moe/{backend}/{mver}/moe_perf.parquet ({c[0]})"',
+                                  f"tokens_per_expert = {fmt_list(xs)}", f"efficiency = {fmt_list(ys)}", ""]
+            tdf, tver = table(root, system, "attention", backend, "generation_attention_perf")
+            if tdf is not None:
+                x = tdf[(tdf.batch_size == 1) & (tdf.step <= 127) & (tdf.window_size == 0)]
+                if len(x):
+                    lines += ["[[attention]]", f'engine = "{backend}"',
+                              f'source = "attention/{backend}/{tver}/generation_attention_perf.parquet"',
+                              f"decode_floor_us = {float(x.latency.median() * 1e3):.3g}", ""]
             adf, aver = table(root, system, "comm", backend, "custom_allreduce_perf")
             src = f"comm/{backend}/{aver}/custom_allreduce_perf.parquet"
             if adf is None:

@@ -788,11 +788,16 @@ impl<'a> Sim<'a> {
                             tr.output_length,
                         )
                     });
+                    // The client sees tokens the emitting engine's request overhead (HTTP,
+                    // detokenizing, streaming) after its step ends.
+                    let seen = emitter.map_or(0.0, |(w, _)| {
+                        self.workers[w].engine.profile().request_overhead_ms * 1e-3
+                    });
                     let mut rec = RequestRecord::ok(
                         i as u64,
                         r.arrival,
-                        ft,
-                        et,
+                        ft + seen,
+                        et + seen,
                         tr.input_length,
                         tr.output_length,
                     );
