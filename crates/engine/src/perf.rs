@@ -85,7 +85,11 @@ impl Curve {
     }
 
     pub fn at(&self, x: f64) -> f64 {
-        let lx = x.max(f64::MIN_POSITIVE).log2();
+        self.at_log2(x.max(f64::MIN_POSITIVE).log2())
+    }
+
+    /// The curve at `2^lx` (callers that share one logarithm between lookups).
+    pub fn at_log2(&self, lx: f64) -> f64 {
         let n = self.log_x.len();
         if lx <= self.log_x[0] {
             return self.y[0];
@@ -132,6 +136,8 @@ struct Moe {
     comm_exposed: f64,
     /// Measured fused-MoE efficiency by tokens per expert; `inv_flops_rate` is then 1 / peak.
     eff: Option<Curve>,
+    /// log2(top_k / experts): tokens per expert = tokens x top_k / experts.
+    log2_k_over_e: f64,
 }
 
 /// Precomputed step-time model of one worker.
@@ -165,7 +171,9 @@ pub struct PerfModel {
     allreduce_per_token: f64,
     /// Measured all-reduce latency (µs) by message bytes; bytes per token.
     allreduce_curve: Option<Curve>,
-    allreduce_bytes_per_token: f64,
+    log2_allreduce_bytes_per_token: f64,
+    /// Any per-rank curve in use (then one log2 of the step's tokens serves all lookups).
+    uses_curves: bool,
     step_overhead: f64,
     per_seq: f64,
     per_prefill: f64,
@@ -366,8 +374,11 @@ impl PerfModel {
                 comm_per_token: per_tok,
                 comm_exposed: exposed,
                 eff: moe_curve,
+                log2_k_over_e: (k / experts).log2(),
             }
         });
+        let uses_curves =
+            attn_proj.eff.is_some() || dense_ffn.eff.is_some() || allreduce_curve.is_some();
         let attn_rate = gpu.bf16_tflops * 1e12 * prof.attention_efficiency;
         let fp8_attn_rate = gpu.fp8_tflops * 1e12 * prof.attention_efficiency;
         PerfModel {
@@ -391,17 +402,19 @@ impl PerfModel {
             allreduce_count,
             allreduce_latency: prof.allreduce_latency_us * 1e-6,
             allreduce_per_token,
+            uses_curves,
             allreduce_curve,
-            allreduce_bytes_per_token: h * 2.0,
+            log2_allreduce_bytes_per_token: (h * 2.0).log2(),
             step_overhead: prof.step_overhead_us * 1e-6,
             per_seq: prof.per_sequence_overhead_us * 1e-6,
             per_prefill: prof.per_prefill_overhead_us * 1e-6,
         }
     }
 
-    fn linear(&self, c: &Linear, tokens: f64) -> f64 {
+    /// `log2_tokens` = log2(tokens), shared by the lookups of one step.
+    fn linear(&self, c: &Linear, tokens: f64, log2_tokens: f64) -> f64 {
         let inv_rate = match &c.eff {
-            Some(curve) => c.inv_flops_rate / curve.at(tokens),
+            Some(curve) => c.inv_flops_rate / curve.at_log2(log2_tokens),
             None => c.inv_flops_rate,
         };
         roof(
@@ -418,9 +431,16 @@ impl PerfModel {
         if t == 0.0 {
             return 0.0;
         }
-        let mut s = self.linear(&self.attn_proj, t) + self.linear(&self.dense_ffn, t);
+        let lt = if self.uses_curves { t.log2() } else { 0.0 };
+        let mut s = self.linear(&self.attn_proj, t, lt) + self.linear(&self.dense_ffn, t, lt);
         if b.logits > 0 {
-            s += self.linear(&self.lm_head, b.logits as f64);
+            let l = b.logits as f64;
+            let ll = if self.lm_head.eff.is_some() {
+                l.log2()
+            } else {
+                0.0
+            };
+            s += self.linear(&self.lm_head, l, ll);
         }
         // Decode attention: bandwidth-bound KV streaming over each context.
         if b.decode_seqs > 0 {
@@ -463,7 +483,7 @@ impl PerfModel {
         s += self.kv_write_per_token * t * self.inv_mem_rate;
         s += self.allreduce_count
             * match &self.allreduce_curve {
-                Some(c) => c.at(self.allreduce_bytes_per_token * t) * 1e-6,
+                Some(c) => c.at_log2(lt + self.log2_allreduce_bytes_per_token) * 1e-6,
                 None => self.allreduce_latency + self.allreduce_per_token * t,
             };
         s += self.per_seq * (b.decode_seqs + b.prefill_chunks) as f64
@@ -482,7 +502,7 @@ impl PerfModel {
         let flops = e.flops_per_token_expert * e.top_k * tokens / e.gpus;
         let bytes = touched * e.expert_bytes / e.gpus;
         let inv_rate = match &e.eff {
-            Some(c) => e.inv_flops_rate / c.at(tokens * e.top_k / e.experts),
+            Some(c) => e.inv_flops_rate / c.at_log2(tokens.log2() + e.log2_k_over_e),
             None => e.inv_flops_rate,
         };
         let per_layer = roof(flops, inv_rate, bytes, e.inv_mem_rate)
