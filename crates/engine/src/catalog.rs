@@ -156,7 +156,8 @@ pub struct EngineProfile {
     pub per_prefill_overhead_us: f64,
     /// Latency a client sees outside the engine's step loop (HTTP, tokenization, handing the
     /// request to the scheduler, detokenizing and streaming the first chunk), in ms: added to
-    /// TTFT and end-to-end latency, not to TPOT, and it does not occupy the GPU.
+    /// TTFT and end-to-end latency, not to TPOT, and it does not occupy the GPU. Applied by
+    /// the closed-loop driver (calibration); not yet by `lab`/`serve`.
     #[serde(default)]
     pub request_overhead_ms: f64,
     pub memory_reserve_gib: f64,

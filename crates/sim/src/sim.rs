@@ -788,16 +788,11 @@ impl<'a> Sim<'a> {
                             tr.output_length,
                         )
                     });
-                    // The client sees tokens the emitting engine's request overhead (HTTP,
-                    // detokenizing, streaming) after its step ends.
-                    let seen = emitter.map_or(0.0, |(w, _)| {
-                        self.workers[w].engine.profile().request_overhead_ms * 1e-3
-                    });
                     let mut rec = RequestRecord::ok(
                         i as u64,
                         r.arrival,
-                        ft + seen,
-                        et + seen,
+                        ft,
+                        et,
                         tr.input_length,
                         tr.output_length,
                     );
