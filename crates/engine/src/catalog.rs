@@ -154,6 +154,12 @@ pub struct EngineProfile {
     pub step_overhead_us: f64,
     pub per_sequence_overhead_us: f64,
     pub per_prefill_overhead_us: f64,
+    /// Latency a client sees outside the engine's step loop (HTTP, tokenization, handing the
+    /// request to the scheduler, detokenizing and streaming the first chunk), in ms: added to
+    /// TTFT and end-to-end latency, not to TPOT, and it does not occupy the GPU. Applied by
+    /// the closed-loop driver (calibration); not yet by `lab`/`serve`.
+    #[serde(default)]
+    pub request_overhead_ms: f64,
     pub memory_reserve_gib: f64,
     /// The engine's own defaults (batch limits by device, how it sizes the KV cache).
     #[serde(default)]
@@ -245,6 +251,117 @@ impl EngineDefaults {
     }
 }
 
+/// Measured kernel curves of one GPU (`data/catalog/kernels/*.toml`, derived from
+/// AIConfigurator's perf database by `scripts/kernel_curves.py`): where a curve exists for the
+/// engine and weight format, the step model uses it instead of the profile's efficiency factor.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KernelTables {
+    /// Catalog GPU name.
+    pub gpu: String,
+    #[serde(default)]
+    pub gemm: Vec<GemmCurve>,
+    #[serde(default)]
+    pub moe: Vec<MoeCurve>,
+    #[serde(default)]
+    pub allreduce: Vec<AllreduceCurve>,
+    #[serde(default)]
+    pub attention: Vec<AttentionFloor>,
+}
+
+/// The decode-attention kernel's fixed cost per layer (its latency at batch 1 and a short
+/// context), paid on top of streaming the KV cache.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionFloor {
+    pub engine: String,
+    #[serde(default)]
+    pub source: String,
+    pub decode_floor_us: f64,
+}
+
+/// Achieved fraction of the dense tensor peak of linear layers, by tokens in the step.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GemmCurve {
+    pub engine: String,
+    /// `bf16`, `fp8` or `nvfp4` (weights).
+    pub dtype: String,
+    #[serde(default)]
+    pub source: String,
+    pub tokens: Vec<f64>,
+    pub efficiency: Vec<f64>,
+}
+
+/// Achieved fraction of the tensor peak of a fused-MoE layer, by tokens routed per expert
+/// (tokens x top_k / experts).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MoeCurve {
+    pub engine: String,
+    pub dtype: String,
+    /// The split it was measured with: experts tensor-parallel over `tp` GPUs and
+    /// expert-parallel over `ep` (the layer spans tp x ep GPUs).
+    pub tp: u32,
+    pub ep: u32,
+    #[serde(default)]
+    pub source: String,
+    pub tokens_per_expert: Vec<f64>,
+    pub efficiency: Vec<f64>,
+}
+
+/// Latency of one BF16 all-reduce over `gpus` GPUs by message size.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AllreduceCurve {
+    pub engine: String,
+    pub gpus: u32,
+    #[serde(default)]
+    pub source: String,
+    pub bytes: Vec<f64>,
+    pub us: Vec<f64>,
+}
+
+impl KernelTables {
+    /// The GEMM curve for this engine and weight format (another engine's on the same GPU when
+    /// the engine has none).
+    pub fn gemm_for(&self, engine: &str, dtype: &str) -> Option<&GemmCurve> {
+        pick(&self.gemm, engine, |c| c.dtype == dtype, |c| &c.engine)
+    }
+    /// The MoE curve for this engine and format measured with the split closest to
+    /// (`tp`, `ep`) in log2 distance (the engine's own, else another engine's).
+    pub fn moe_for(&self, engine: &str, dtype: &str, tp: u32, ep: u32) -> Option<&MoeCurve> {
+        let l = |x: u32| f64::from(x.max(1)).log2();
+        let dist = |c: &MoeCurve| (l(c.tp) - l(tp)).abs() + (l(c.ep) - l(ep)).abs();
+        let best = |own: bool| {
+            self.moe
+                .iter()
+                .filter(|c| c.dtype == dtype && (!own || c.engine.eq_ignore_ascii_case(engine)))
+                .min_by(|a, b| dist(a).total_cmp(&dist(b)))
+        };
+        best(true).or_else(|| best(false))
+    }
+    pub fn allreduce_for(&self, engine: &str, gpus: u32) -> Option<&AllreduceCurve> {
+        pick(&self.allreduce, engine, |c| c.gpus == gpus, |c| &c.engine)
+    }
+    pub fn attention_for(&self, engine: &str) -> Option<&AttentionFloor> {
+        pick(&self.attention, engine, |_| true, |c| &c.engine)
+    }
+}
+
+fn pick<'a, T>(
+    list: &'a [T],
+    engine: &str,
+    ok: impl Fn(&T) -> bool,
+    eng: impl Fn(&T) -> &str,
+) -> Option<&'a T> {
+    let e = engine.to_ascii_lowercase();
+    list.iter()
+        .filter(|c| ok(c))
+        .find(|c| eng(c).eq_ignore_ascii_case(&e))
+        .or_else(|| list.iter().find(|c| ok(c)))
+}
+
 macro_rules! builtin {
     ($($path:literal),* $(,)?) => {
         &[$(($path, include_str!(concat!("../../../data/catalog/", $path)))),*]
@@ -267,6 +384,10 @@ const BUILTIN: &[(&str, &str)] = builtin!(
     "engines/vllm.toml",
     "engines/sglang.toml",
     "engines/trtllm.toml",
+    "kernels/h100-sxm.toml",
+    "kernels/h200.toml",
+    "kernels/b200.toml",
+    "kernels/gb200.toml",
 );
 
 /// Everything the engine model knows about hardware, models and engines.
@@ -275,6 +396,8 @@ pub struct Catalog {
     pub gpus: Vec<GpuSpec>,
     pub models: Vec<ModelSpec>,
     pub engines: Vec<EngineProfile>,
+    /// Measured kernel curves, one entry per GPU.
+    pub kernels: Vec<KernelTables>,
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(file: &str, text: &str) -> Result<T, EngineError> {
@@ -338,7 +461,7 @@ impl Catalog {
                     reason: "not a directory".into(),
                 });
             }
-            for sub in ["gpus", "models", "engines"] {
+            for sub in ["gpus", "models", "engines", "kernels"] {
                 let d = dir.join(sub);
                 if !d.is_dir() {
                     continue;
@@ -398,10 +521,17 @@ impl Catalog {
                 reason,
             })?;
             upsert(&mut self.engines, e, |x| &x.name);
+        } else if rel.starts_with("kernels/") {
+            let k: KernelTables = parse(shown, text)?;
+            validate_kernels(&k).map_err(|reason| EngineError::Catalog {
+                file: shown.into(),
+                reason,
+            })?;
+            upsert(&mut self.kernels, k, |x| &x.gpu);
         } else {
             return Err(EngineError::Catalog {
                 file: shown.into(),
-                reason: "catalog files live under gpus/, models/ or engines/".into(),
+                reason: "catalog files live under gpus/, models/, engines/ or kernels/".into(),
             });
         }
         Ok(())
@@ -415,6 +545,13 @@ impl Catalog {
     /// Look up a model by name or alias (case-insensitive).
     pub fn model(&self, name: &str) -> Result<&ModelSpec, EngineError> {
         find(&self.models, "model", name, |x| &x.name, |x| &x.aliases)
+    }
+
+    /// The measured kernel curves of a GPU (by its catalog name), if any.
+    pub fn kernels(&self, gpu: &str) -> Option<&KernelTables> {
+        self.kernels
+            .iter()
+            .find(|k| k.gpu.eq_ignore_ascii_case(gpu))
     }
 
     /// Look up an engine profile by name or alias (case-insensitive).
@@ -607,6 +744,54 @@ fn validate_model(m: &ModelSpec) -> Result<(), String> {
     Ok(())
 }
 
+fn validate_curve(what: &str, xs: &[f64], ys: &[f64]) -> Result<(), String> {
+    if xs.len() < 2 || xs.len() != ys.len() {
+        return Err(format!(
+            "{what}: needs at least 2 points and as many values as points"
+        ));
+    }
+    if xs.windows(2).any(|w| w[1] <= w[0]) || xs[0] <= 0.0 {
+        return Err(format!("{what}: points must be positive and increasing"));
+    }
+    if ys.iter().any(|y| !(y.is_finite() && *y > 0.0)) {
+        return Err(format!("{what}: values must be positive"));
+    }
+    Ok(())
+}
+
+fn validate_kernels(k: &KernelTables) -> Result<(), String> {
+    for c in &k.gemm {
+        validate_curve(
+            &format!("gemm {} {}", c.engine, c.dtype),
+            &c.tokens,
+            &c.efficiency,
+        )?;
+    }
+    for c in &k.moe {
+        validate_curve(
+            &format!("moe {} {}", c.engine, c.dtype),
+            &c.tokens_per_expert,
+            &c.efficiency,
+        )?;
+    }
+    for c in &k.allreduce {
+        validate_curve(
+            &format!("allreduce {} {}", c.engine, c.gpus),
+            &c.bytes,
+            &c.us,
+        )?;
+    }
+    for a in &k.attention {
+        if !(a.decode_floor_us.is_finite() && a.decode_floor_us >= 0.0) {
+            return Err(format!(
+                "attention {}: decode_floor_us must be >= 0",
+                a.engine
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_profile(e: &EngineProfile) -> Result<(), String> {
     for (n, v) in [
         ("gemm_efficiency", e.gemm_efficiency),
@@ -628,6 +813,7 @@ fn validate_profile(e: &EngineProfile) -> Result<(), String> {
         ("step_overhead_us", e.step_overhead_us),
         ("per_sequence_overhead_us", e.per_sequence_overhead_us),
         ("per_prefill_overhead_us", e.per_prefill_overhead_us),
+        ("request_overhead_ms", e.request_overhead_ms),
         ("memory_reserve_gib", e.memory_reserve_gib),
     ] {
         if !(v.is_finite() && v >= 0.0) {

@@ -18,6 +18,15 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::engine::{Engine, Request};
 use crate::error::EngineError;
+use crate::perf::BatchShape;
+
+/// Fraction of one request's modelled decode time over which [`ClosedLoop::steady`] spreads
+/// the clients' first requests. A long benchmark's clients drift out of phase (client-side
+/// jitter, uneven streaming), so its steady state is neither the textbook closed loop where
+/// all clients stay in lockstep nor fully spread. Fitted on the training part of the silicon
+/// sample (0.1 to 0.5 give about the same errors; 0 and 1 are clearly worse), see
+/// docs/calibration.md.
+pub const START_SPREAD: f64 = 0.25;
 
 /// Workload of a closed-loop run.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -33,6 +42,13 @@ pub struct ClosedLoop {
     pub seed: u64,
     /// Give up ([`EngineError::StepBudget`]) after this many engine steps.
     pub max_steps: u64,
+    /// The first `warmup` requests (in the order the clients send them) run but are left out
+    /// of the means, as benchmarks with a warm-up phase do (`--warmup-request-count`).
+    pub warmup: u32,
+    /// The clients' first requests arrive evenly spaced over this many seconds (client `i` at
+    /// `i / clients × start_spread`) instead of all at once: the phases of a closed loop in
+    /// steady state, which a long benchmark reaches because clients drift apart.
+    pub start_spread: f64,
 }
 
 impl ClosedLoop {
@@ -49,8 +65,36 @@ impl ClosedLoop {
             turnaround: Self::TURNAROUND,
             seed: 1,
             max_steps: u64::MAX,
+            warmup: 0,
+            start_spread: 0.0,
         }
     }
+}
+
+impl ClosedLoop {
+    /// What a benchmark with a warm-up phase measures in steady state: the first wave (one
+    /// request per client) is the warm-up and not counted, and the clients start
+    /// [`START_SPREAD`] of one request's modelled decode time apart in total.
+    pub fn steady(mut self, engine: &Engine) -> ClosedLoop {
+        self.warmup = self.clients.min(self.requests);
+        self.start_spread = START_SPREAD * decode_duration(engine, &self);
+        self
+    }
+}
+
+/// Modelled time to decode one request's output with every client decoding (seconds).
+pub fn decode_duration(e: &Engine, w: &ClosedLoop) -> f64 {
+    let dp = e.dp_ranks().max(1);
+    let per = w.clients.div_ceil(dp) as u64;
+    let ctx = w.input_tokens as u64 + w.output_tokens as u64 / 2;
+    let shape = BatchShape {
+        decode_seqs: per as u32,
+        decode_ctx: per * ctx,
+        decode_ctx_clipped: per * ctx.min(2048),
+        logits: per as u32,
+        ..Default::default()
+    };
+    e.step_time(&vec![shape; dp as usize]) * w.output_tokens as f64
 }
 
 /// Results (latencies in seconds).
@@ -100,10 +144,19 @@ pub fn run(engine: &mut Engine, w: &ClosedLoop) -> Result<ClosedLoopResult, Engi
     // Pending arrivals: (time, request index).
     let mut pending: BinaryHeap<Reverse<(T, usize)>> = BinaryHeap::new();
     let mut next = 0usize;
-    for _ in 0..w.clients.min(w.requests) {
-        pending.push(Reverse((T(jitter()), next)));
+    let first_wave = w.clients.min(w.requests);
+    for i in 0..first_wave {
+        let offset = w.start_spread * i as f64 / first_wave as f64;
+        pending.push(Reverse((T(offset + jitter()), next)));
         next += 1;
     }
+    // What clients see happens this long after the engine's step ends (the profile's
+    // `request_overhead_ms`). It is latency on the client's observation path only: the
+    // client's next request still reaches the engine when the previous one finished there.
+    // (Delaying the next arrival by it makes the fixed-length loop chaotic: 1 ms of delay
+    // doubles some TTFTs through phase changes, and it fits the measured runs far worse; see
+    // docs/calibration.md.)
+    let seen = engine.profile().request_overhead_ms * 1e-3;
     let mut now = 0.0f64;
     let mut done = 0usize;
     while done < n {
@@ -119,10 +172,10 @@ pub fn run(engine: &mut Engine, w: &ClosedLoop) -> Result<ClosedLoopResult, Engi
             Some(o) => {
                 now = o.end;
                 for &id in &o.first_tokens {
-                    ttft[id as usize] = o.end - arrival[id as usize];
+                    ttft[id as usize] = o.end + seen - arrival[id as usize];
                 }
                 for f in &o.finished {
-                    e2e[f.id as usize] = o.end - arrival[f.id as usize];
+                    e2e[f.id as usize] = o.end + seen - arrival[f.id as usize];
                     done += 1;
                     if next < n {
                         pending.push(Reverse((T(o.end + jitter()), next)));
@@ -157,17 +210,23 @@ pub fn run(engine: &mut Engine, w: &ClosedLoop) -> Result<ClosedLoopResult, Engi
         }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let tpot: Vec<f64> = (0..n)
+    // Measured requests: all but the warm-up ones (all of them if the warm-up is everything).
+    let first = if (w.warmup as usize) < n {
+        w.warmup as usize
+    } else {
+        0
+    };
+    let tpot: Vec<f64> = (first..n)
         .filter(|_| w.output_tokens > 1)
         .map(|i| (e2e[i] - ttft[i]) / (w.output_tokens - 1) as f64)
         .collect();
     let st = engine.stats();
     Ok(ClosedLoopResult {
-        mean_ttft: mean(&ttft),
+        mean_ttft: mean(&ttft[first..]),
         mean_tpot: mean(&tpot),
-        mean_e2e: mean(&e2e),
-        output_throughput: n as f64 * w.output_tokens as f64 / now,
-        makespan: now,
+        mean_e2e: mean(&e2e[first..]),
+        output_throughput: n as f64 * w.output_tokens as f64 / (now + seen),
+        makespan: now + seen,
         steps: st.steps,
         preemptions: st.preemptions,
     })

@@ -462,7 +462,7 @@ impl Engine {
                 profile.name,
             )));
         }
-        let perf = PerfModel::new(gpu, model, cfg, &profile);
+        let perf = PerfModel::new(gpu, model, cfg, &profile, catalog.kernels(&gpu.name));
         let params = ParamCounts::of(model);
         let role = match cfg.role {
             Role::Aggregated => "aggregated",

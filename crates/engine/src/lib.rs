@@ -47,8 +47,8 @@ mod blocks;
 mod engine;
 
 pub use catalog::{
-    Admission, Batching, Catalog, DeviceLimits, EngineDefaults, EngineProfile, GpuSpec, MemoryRule,
-    ModelSpec,
+    Admission, AllreduceCurve, AttentionFloor, Batching, Catalog, DeviceLimits, EngineDefaults,
+    EngineProfile, GemmCurve, GpuSpec, KernelTables, MemoryRule, ModelSpec, MoeCurve,
 };
 pub use config::{EngineConfig, KvDtype, OutOfBounds, Role, WeightDtype};
 pub use engine::{
