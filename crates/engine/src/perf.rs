@@ -1,5 +1,5 @@
 //! The step-time model: per operator class roofline with efficiency factors, plus
-//! collectives and fixed overheads (DESIGN.md section 4).
+//! collectives and fixed overheads (docs/calibration.md says where each number comes from).
 //!
 //! Everything that depends only on the deployment is folded into constants at construction;
 //! evaluating a step is O(1) in the batch size (it takes running sums, see [`BatchShape`]) and
