@@ -917,9 +917,14 @@ pub(crate) fn decode(b: &[u8]) -> Result<Note, ClusterError> {
     Ok(Note { header, body })
 }
 
-/// Encode/decode entry points for benchmarks (not part of the stable API).
+/// Encode/decode entry points for benchmarks and the fuzz harness (not part of the stable API).
 #[doc(hidden)]
 pub mod codec_bench {
+    /// Whether `b` decodes as a note; never panics, whatever the bytes.
+    pub fn decodes(b: &[u8]) -> bool {
+        super::decode(b).is_ok()
+    }
+
     pub fn encode_prediction(replica: &str, worker: &str, hashes: &[u64]) -> Vec<u8> {
         let h = super::Header {
             replica,
