@@ -26,7 +26,9 @@ impl Rng {
     }
 }
 
-const INTERESTING: [u8; 12] = [0, 1, 0x7f, 0x80, 0xff, b'"', b'{', b'}', b'[', b'\n', b'\\', 0xc0];
+const INTERESTING: [u8; 12] = [
+    0, 1, 0x7f, 0x80, 0xff, b'"', b'{', b'}', b'[', b'\n', b'\\', 0xc0,
+];
 
 fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>]) {
     for _ in 0..1 + rng.below(4) {
@@ -97,23 +99,26 @@ fn budget() -> Duration {
 fn fuzz(name: &str, seeds: Vec<Vec<u8>>, target: impl Fn(&[u8])) {
     let quiet = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ name.len() as u64 ^ (name.as_bytes()[0] as u64) << 32);
+    let mut rng =
+        Rng(0x9E37_79B9_7F4A_7C15 ^ name.len() as u64 ^ (name.as_bytes()[0] as u64) << 32);
     let start = Instant::now();
-    let (mut execs, mut finding) = (0u64, None);
-    let mut run = |input: &[u8]| {
-        if catch_unwind(AssertUnwindSafe(|| target(input))).is_err() {
-            finding = Some(input.to_vec());
-        }
-    };
+    let mut execs = 0u64;
+    let mut finding: Option<Vec<u8>> = None;
+    let run = |input: &[u8]| catch_unwind(AssertUnwindSafe(|| target(input))).is_err();
     for s in &seeds {
-        run(s);
         execs += 1;
+        if run(s) {
+            finding = Some(s.clone());
+            break;
+        }
     }
     while finding.is_none() && start.elapsed() < budget() {
         let mut input = seeds[rng.below(seeds.len())].clone();
         mutate(&mut rng, &mut input, &seeds);
-        run(&input);
         execs += 1;
+        if run(&input) {
+            finding = Some(input);
+        }
     }
     std::panic::set_hook(quiet);
     eprintln!(
@@ -138,10 +143,16 @@ fn s(x: &str) -> Vec<u8> {
 fn fuzz_openai_request_bodies() {
     use switchyard_server::openai::{Endpoint, parse_request};
     let seeds = vec![
-        s(r#"{"model":"Qwen3-32B","prompt":"hello","max_tokens":16,"stream":true,"stream_options":{"include_usage":true}}"#),
+        s(
+            r#"{"model":"Qwen3-32B","prompt":"hello","max_tokens":16,"stream":true,"stream_options":{"include_usage":true}}"#,
+        ),
         s(r#"{"model":"m","prompt":[1,2,3,4],"max_completion_tokens":2,"n":1}"#),
-        s(r#"{"model":"m","messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"text","text":"x"}]}]}"#),
-        s(r#"{"model":"m","prompt":"x","kv_transfer_params":{"do_remote_prefill":true,"remote_host":"h","remote_port":1,"remote_request_id":"r"},"bootstrap_room":7,"bootstrap_host":"h","bootstrap_port":9}"#),
+        s(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"text","text":"x"}]}]}"#,
+        ),
+        s(
+            r#"{"model":"m","prompt":"x","kv_transfer_params":{"do_remote_prefill":true,"remote_host":"h","remote_port":1,"remote_request_id":"r"},"bootstrap_room":7,"bootstrap_host":"h","bootstrap_port":9}"#,
+        ),
         s(r#"{"model":"m","prompt":["a","b"],"tools":[],"logprobs":null,"best_of":1}"#),
     ];
     fuzz("openai", seeds, |b| {
@@ -229,8 +240,12 @@ fn fuzz_etcd_worker_records() {
 fn fuzz_mooncake_trace_lines() {
     let opts = switchyard_trace::LoadOptions::default();
     let seeds = vec![
-        s("{\"timestamp\": 0, \"input_length\": 1024, \"output_length\": 8, \"hash_ids\": [0, 1]}\n{\"timestamp\": 5, \"input_length\": 600, \"output_length\": 3, \"hash_ids\": [0, 2]}\n"),
-        s("{\"timestamp\": 1.5, \"input_length\": 10, \"output_length\": 1, \"hash_ids\": [7], \"session_id\": \"a\", \"delay\": 3}\n"),
+        s(
+            "{\"timestamp\": 0, \"input_length\": 1024, \"output_length\": 8, \"hash_ids\": [0, 1]}\n{\"timestamp\": 5, \"input_length\": 600, \"output_length\": 3, \"hash_ids\": [0, 2]}\n",
+        ),
+        s(
+            "{\"timestamp\": 1.5, \"input_length\": 10, \"output_length\": 1, \"hash_ids\": [7], \"session_id\": \"a\", \"delay\": 3}\n",
+        ),
     ];
     fuzz("trace", seeds, |b| {
         let _ = switchyard_trace::parse_reader(b, std::path::Path::new("fuzz.jsonl"), &opts);
@@ -242,7 +257,11 @@ fn fuzz_deployment_files() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
     let mut seeds = Vec::new();
     for dir in std::fs::read_dir(&root).unwrap().flatten() {
-        for f in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if f.path().extension().is_some_and(|e| e == "toml") {
                 seeds.push(std::fs::read(f.path()).unwrap());
             }
@@ -254,4 +273,11 @@ fn fuzz_deployment_files() {
             let _ = switchyard_sim::Deployment::parse(text, "fuzz.toml");
         }
     });
+}
+
+/// The harness finds a planted bug: a "parser" that panics on a byte the seeds lack.
+#[test]
+#[should_panic(expected = "the parser panicked")]
+fn the_harness_finds_a_planted_panic() {
+    fuzz("planted", vec![s("abc")], |b| assert!(!b.contains(&0xff)));
 }
