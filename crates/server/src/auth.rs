@@ -99,11 +99,19 @@ impl Keys {
 
     /// The request carries one of the keys as `Authorization: Bearer KEY`.
     pub fn admits(&self, headers: &HeaderMap) -> bool {
-        let Some(given) = bearer(headers) else {
-            return false;
-        };
-        // Every key is compared (no early exit), each in constant time.
-        self.0.iter().fold(false, |ok, k| ct_eq(k, given) | ok)
+        self.which(headers).is_some()
+    }
+
+    /// Which key the request carries (its index), if any. Every key is compared (no early
+    /// exit), each in constant time.
+    pub fn which(&self, headers: &HeaderMap) -> Option<usize> {
+        let given = bearer(headers)?;
+        self.0.iter().enumerate().fold(
+            None,
+            |found, (i, k)| {
+                if ct_eq(k, given) { Some(i) } else { found }
+            },
+        )
     }
 }
 
@@ -148,12 +156,22 @@ fn unauthorized() -> Response {
     r
 }
 
+/// Which client key a request was admitted with (its index in the key list); set by
+/// [`require_key`], read by per-key rate limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyId(pub usize);
+
 /// Middleware: a client key is required (when any is configured).
-pub async fn require_key(State(keys): State<Keys>, req: Request, next: Next) -> Response {
-    if keys.is_empty() || keys.admits(req.headers()) {
-        next.run(req).await
-    } else {
-        unauthorized()
+pub async fn require_key(State(keys): State<Keys>, mut req: Request, next: Next) -> Response {
+    if keys.is_empty() {
+        return next.run(req).await;
+    }
+    match keys.which(req.headers()) {
+        Some(i) => {
+            req.extensions_mut().insert(KeyId(i));
+            next.run(req).await
+        }
+        None => unauthorized(),
     }
 }
 

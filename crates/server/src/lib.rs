@@ -14,6 +14,7 @@ pub mod http;
 pub mod kv_stream;
 pub mod openai;
 pub mod pd;
+pub mod ratelimit;
 mod replay_server;
 pub mod tokenizer;
 pub mod worker;

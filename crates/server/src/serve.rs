@@ -51,7 +51,7 @@ use switchyard_route::{
 };
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::auth::{Keys, Secret, admin_only, require_key};
+use crate::auth::{KeyId, Keys, Secret, admin_only, require_key};
 use crate::events::{AbortOnDrop, request_replay, split_frames, subscribe_once_notify};
 use crate::http::{ConnLimits, Slot, hold_until_sent};
 use crate::kv_stream::{Batch, Cursor, IndexState, Live, Plan, fingerprint};
@@ -170,6 +170,14 @@ pub struct ServeArgs {
     /// File of client API keys, one per line (`#` comments), in addition to --api-key.
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
+    /// Requests per minute allowed per client API key (a token bucket: bursts up to a
+    /// minute's allowance); beyond, 429 with `Retry-After`. Needs --api-key. 0: unlimited.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub rate_limit_rpm: u32,
+    /// Tokens per minute allowed per client API key: prompt tokens (estimated) plus the
+    /// requested `max_tokens`, charged when the request is admitted. 0: unlimited.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub rate_limit_tpm: u64,
     /// Require a client API key on /metrics too.
     #[arg(long)]
     pub metrics_need_key: bool,
@@ -301,6 +309,8 @@ impl Default for ServeArgs {
             api_keys: vec![],
             api_key_file: None,
             metrics_need_key: false,
+            rate_limit_rpm: 0,
+            rate_limit_tpm: 0,
             admin_keys: vec![],
             upstream_api_key: None,
             max_workers: DEFAULT_MAX_WORKERS,
@@ -718,6 +728,10 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
     };
     let clustered = fanout.is_some() || discovery.is_some();
     let client_keys = Keys::load(&args.api_keys, args.api_key_file.as_deref())?;
+    anyhow::ensure!(
+        (args.rate_limit_rpm == 0 && args.rate_limit_tpm == 0) || !client_keys.is_empty(),
+        "--rate-limit-rpm/--rate-limit-tpm are per API key: give --api-key (or --api-key-file) too"
+    );
     let admin_keys = Keys::load(&args.admin_keys, None)?;
     let upstream_auth =
         crate::auth::upstream_header(args.upstream_api_key.as_ref()).unwrap_or_default();
@@ -752,6 +766,12 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
         draining: AtomicBool::new(false),
         expose_urls: args.expose_worker_urls,
         needs_tokens: router_cfg.policy == PolicyKind::Kv,
+        rate_limits: Mutex::new(crate::ratelimit::RateLimiter::new(
+            crate::ratelimit::Limits {
+                requests_per_min: (args.rate_limit_rpm > 0).then_some(args.rate_limit_rpm),
+                tokens_per_min: (args.rate_limit_tpm > 0).then_some(args.rate_limit_tpm),
+            },
+        )),
         max_workers: args.max_workers,
         inflight: Arc::new(AtomicU64::new(0)),
         max_inflight: args.max_inflight.max(1),
@@ -938,6 +958,8 @@ struct ServeState {
     expose_urls: bool,
     /// The policy reads block hashes (KV-aware): prompts are tokenized.
     needs_tokens: bool,
+    /// Per-key limits (`--rate-limit-rpm`, `--rate-limit-tpm`).
+    rate_limits: Mutex<crate::ratelimit::RateLimiter>,
     max_workers: usize,
     drop_unhealthy_after: Duration,
     /// Generation requests in flight through this frontend, and the bounds.
@@ -2249,15 +2271,23 @@ async fn models(State(st): State<Arc<ServeState>>) -> Response {
 
 // ----- HTTP: proxy ---------------------------------------------------------------------------
 
-async fn completions(State(st): State<Arc<ServeState>>, body: Body) -> Response {
-    proxy(st, Endpoint::Completions, body).await
+async fn completions(
+    State(st): State<Arc<ServeState>>,
+    key: Option<axum::Extension<KeyId>>,
+    body: Body,
+) -> Response {
+    proxy(st, Endpoint::Completions, key.map(|k| k.0), body).await
 }
 
-async fn chat(State(st): State<Arc<ServeState>>, body: Body) -> Response {
-    proxy(st, Endpoint::Chat, body).await
+async fn chat(
+    State(st): State<Arc<ServeState>>,
+    key: Option<axum::Extension<KeyId>>,
+    body: Body,
+) -> Response {
+    proxy(st, Endpoint::Chat, key.map(|k| k.0), body).await
 }
 
-async fn proxy(st: Arc<ServeState>, ep: Endpoint, body: Body) -> Response {
+async fn proxy(st: Arc<ServeState>, ep: Endpoint, key: Option<KeyId>, body: Body) -> Response {
     let start = Instant::now();
     let Some(slot) = Slot::try_take(&st.inflight, st.max_inflight) else {
         st.metrics.count_status(429);
@@ -2267,13 +2297,14 @@ async fn proxy(st: Arc<ServeState>, ep: Endpoint, body: Body) -> Response {
         ));
     };
     let r = match read_body(body, st.max_body).await {
-        Ok(body) => proxy_inner(&st, ep, body, start).await,
+        Ok(body) => proxy_inner(&st, ep, key, body, start).await,
         Err(e) => Err(e),
     };
     let mut resp = r.unwrap_or_else(IntoResponse::into_response);
     if resp.status() == StatusCode::TOO_MANY_REQUESTS {
         resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            .entry(header::RETRY_AFTER)
+            .or_insert(HeaderValue::from_static("1"));
     }
     st.metrics.count_status(resp.status().as_u16());
     hold_until_sent(resp, slot)
@@ -2290,10 +2321,26 @@ fn too_busy(msg: String) -> Response {
 async fn proxy_inner(
     st: &Arc<ServeState>,
     ep: Endpoint,
+    key: Option<KeyId>,
     body: Bytes,
     start: Instant,
 ) -> Result<Response, ApiError> {
     let p = parse_request(&body, ep)?;
+    if let Some(KeyId(k)) = key {
+        let tokens = u64::from(estimate_tokens(&p.prompt)) + u64::from(p.max_tokens.unwrap_or(0));
+        let mut rl = st.rate_limits.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(wait) = rl.check(k, tokens, st.now()) {
+            let mut r = too_busy(format!(
+                "rate limit of this API key reached (--rate-limit-rpm/--rate-limit-tpm); retry in {:.1} s",
+                wait.as_secs_f64()
+            ));
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
+            );
+            return Ok(r);
+        }
+    }
     if let Some(field) = p.disagg.present {
         return Err(ApiError::bad(format!(
             "`{field}` is set by the router for prefill/decode disaggregation; clients may not send it"

@@ -1096,3 +1096,38 @@ async fn a_block_size_mismatch_is_loud() {
     }
     assert!(metric(&s.url(), "switchyard_kv_block_size_mismatch_total").await >= 1.0);
 }
+
+/// Per-key rate limits: a key's minute allowance, then 429 with the wait in `Retry-After`;
+/// other keys are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_rate_limits() {
+    use reqwest::Method;
+    let w = worker(1e6, false).await;
+    let s = start_serve(&ServeArgs {
+        api_keys: vec!["sk-a".parse().unwrap(), "sk-b".parse().unwrap()],
+        rate_limit_rpm: 3,
+        ..args(vec![w.url()], "round-robin")
+    })
+    .await
+    .unwrap();
+    let url = format!("{}/v1/completions", s.url());
+    for _ in 0..3 {
+        let (st, v, _) = send(Method::POST, &url, Some("sk-a"), "application/json", HI).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let (st, v, h) = send(Method::POST, &url, Some("sk-a"), "application/json", HI).await;
+    assert_eq!(st, 429, "{v}");
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry), "{retry}");
+    let (st, v, _) = send(Method::POST, &url, Some("sk-b"), "application/json", HI).await;
+    assert_eq!(st, 200, "another key: {v}");
+    // Limits need keys to be per-key.
+    let e = start_serve(&ServeArgs {
+        rate_limit_tpm: 1000,
+        ..args(vec![w.url()], "round-robin")
+    })
+    .await
+    .err()
+    .expect("refused without keys");
+    assert!(e.to_string().contains("per API key"), "{e}");
+}
