@@ -30,6 +30,25 @@ pub struct ConnLimits {
     pub header_timeout: Duration,
 }
 
+impl ConnLimits {
+    /// From the `--max-connections` (0: derived from the open-file limit, which is raised to
+    /// its hard limit first) and `--header-timeout` flags that `serve` and `worker` share.
+    pub fn from_flags(max_connections: usize, header_timeout_s: f64) -> Result<Self, String> {
+        if !(header_timeout_s > 0.0 && header_timeout_s <= 86_400.0) {
+            return Err(format!(
+                "--header-timeout must be between 0 and 86400 seconds, got {header_timeout_s}"
+            ));
+        }
+        Ok(ConnLimits {
+            max_connections: match max_connections {
+                0 => default_max_connections(raise_fd_limit()),
+                n => n,
+            },
+            header_timeout: Duration::from_secs_f64(header_timeout_s),
+        })
+    }
+}
+
 /// Serve `app` on `listener` until `shutdown` becomes true, then drain: returns when every
 /// connection has finished its in-flight request. Each request carries its peer address as
 /// `ConnectInfo<SocketAddr>`.

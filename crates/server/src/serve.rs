@@ -852,14 +852,8 @@ pub async fn start_serve(args: &ServeArgs) -> anyhow::Result<ServeHandle> {
             st.drop_long_unhealthy();
         }
     });
-    let fd_limit = crate::http::raise_fd_limit();
-    let limits = ConnLimits {
-        max_connections: match args.max_connections {
-            0 => crate::http::default_max_connections(fd_limit),
-            n => n,
-        },
-        header_timeout: timeout_arg("--header-timeout", args.header_timeout)?,
-    };
+    let limits = ConnLimits::from_flags(args.max_connections, args.header_timeout)
+        .map_err(anyhow::Error::msg)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let server = tokio::spawn(crate::http::serve(listener, app, limits, shutdown_rx));
     Ok(ServeHandle {

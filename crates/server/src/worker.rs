@@ -573,17 +573,8 @@ pub async fn start_worker(args: &WorkerArgs, cfg: EngineConfig) -> anyhow::Resul
     };
     let driver = tokio::spawn(driver.run(cmd_rx, args.speedup));
     let app = worker_router(shared, keys);
-    anyhow::ensure!(
-        args.header_timeout > 0.0 && args.header_timeout <= 86_400.0,
-        "--header-timeout must be between 0 and 86400 seconds"
-    );
-    let limits = crate::http::ConnLimits {
-        max_connections: match args.max_connections {
-            0 => crate::http::default_max_connections(crate::http::raise_fd_limit()),
-            n => n,
-        },
-        header_timeout: Duration::from_secs_f64(args.header_timeout),
-    };
+    let limits = crate::http::ConnLimits::from_flags(args.max_connections, args.header_timeout)
+        .map_err(anyhow::Error::msg)?;
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(crate::http::serve(listener, app, limits, shutdown_rx));
     Ok(WorkerHandle {
